@@ -107,28 +107,28 @@ MOBA_API moba_status moba_workspace_size(const moba_params *p, moba_op op, size_
 /* Forward: writes o [total, Hq, d] and, if lse != NULL, lse [Hq, total] (float32).
  * Every element of o (and lse) is written, for every token of every sequence. */
 MOBA_API moba_status moba_forward(const moba_params *p,
-                         const void *q, const void *k, const void *v,
-                         void *o, float *lse,
-                         void *workspace, size_t workspace_bytes);
+                                  const void *q, const void *k, const void *v,
+                                  void *o, float *lse,
+                                  void *workspace, size_t workspace_bytes);
 
 /* Backward: given dout = dL/do, the forward's inputs, its output o and its lse (both required),
  * OVERWRITES dq [total, Hq, d], dk and dv [total, Hkv, d] with the gradients of attention over the
  * keys the routing selects (recomputed from q and k, identical to the forward's). For GQA, dk/dv of a
  * kv head are summed over the q heads that share it. */
 MOBA_API moba_status moba_backward(const moba_params *p,
-                          const void *dout, const void *q, const void *k, const void *v,
-                          const void *o, const float *lse,
-                          void *dq, void *dk, void *dv,
-                          void *workspace, size_t workspace_bytes);
+                                   const void *dout, const void *q, const void *k, const void *v,
+                                   const void *o, const float *lse,
+                                   void *dq, void *dk, void *dv,
+                                   void *workspace, size_t workspace_bytes);
 
 /* Routing only: writes block_idx [Hq, total, top_k] int32. For each (q head, token) the selected
  * blocks (0-based, counted from the start of the token's sequence) in increasing order; the token's
  * own block is always present (it is the last valid entry); the remaining slots hold -1.
  * top_k >= number of blocks of a sequence selects all of its blocks up to the token's own. */
 MOBA_API moba_status moba_route(const moba_params *p,
-                       const void *q, const void *k,
-                       int32_t *block_idx,
-                       void *workspace, size_t workspace_bytes);
+                                const void *q, const void *k,
+                                int32_t *block_idx,
+                                void *workspace, size_t workspace_bytes);
 
 /* Human-readable name of a status ("invalid argument", ...). Never NULL. */
 MOBA_API const char *moba_strerror(moba_status status);
