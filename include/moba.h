@@ -130,19 +130,79 @@ MOBA_API moba_status moba_route(const moba_params *p,
                                 int32_t *block_idx,
                                 void *workspace, size_t workspace_bytes);
 
+/* ---- Decode: KV caches and attention for new tokens (serving) ------------------------------------
+ *
+ * Caches are caller-owned buffers in the storage dtype, laid out in one of two ways:
+ *   contiguous (page_size = 0):  k_cache, v_cache [num_seqs, capacity, Hkv, d]
+ *   paged      (page_size > 0):  k_cache, v_cache [num_pages, page_size, Hkv, d], and
+ *                                block_table int32 [num_seqs, max_pages_per_seq] (page ids, host memory for
+ *                                the CPU backend, device memory for CUDA); token t of sequence s lives in page
+ *                                block_table[s][t / page_size], row t % page_size. block_size % page_size == 0.
+ *   centroids [num_seqs, capacity / block_size, Hkv, d] (storage dtype): slot i holds the centroid of block i
+ *   of the sequence once that block is full (written by moba_cache_append, exactly as prefill computes it).
+ * seq_lens int32 [num_seqs] (host memory) is how many tokens each sequence's cache holds; the caller owns
+ * it and adds what it appended. */
+typedef struct {
+    moba_backend backend;       /* as in moba_params */
+    void *cuda_stream;
+    int num_threads;
+
+    moba_dtype dtype;
+    int num_seqs;               /* >= 1 */
+    int num_q_heads;            /* a multiple of num_kv_heads */
+    int num_kv_heads;
+    int head_dim;
+
+    int block_size;             /* >= 1 */
+    int top_k;                  /* >= 1, counts the own block */
+    float softmax_scale;        /* 0 = 1/sqrt(head_dim) */
+    int full_attention;         /* 1: attend every cached key up to the query (dense decode), top_k ignored */
+
+    int page_size;              /* 0 = contiguous caches; else tokens per page, dividing block_size */
+    int capacity;               /* tokens per sequence: contiguous rows, or max_pages_per_seq * page_size */
+    int max_pages_per_seq;      /* paged: columns of block_table */
+    int64_t num_pages;          /* paged: pages in the pool */
+} moba_cache_params;
+
+MOBA_API void moba_cache_params_init(moba_cache_params *p);
+
+/* Appends new_lens[s] = cu_new[s+1] - cu_new[s] tokens to each sequence s: k_new, v_new [cu_new[num_seqs],
+ * Hkv, d] are written at positions seq_lens[s] .. seq_lens[s] + new_lens[s] - 1, and the centroid of every
+ * block that becomes full is written to its slot. Nothing already in the cache is rewritten. cu_new is host
+ * memory. seq_lens[s] + new_lens[s] must fit in capacity (and, paged, in valid pages of block_table). */
+MOBA_API moba_status moba_cache_append(const moba_cache_params *p, const int32_t *seq_lens, const int32_t *cu_new,
+                                       const void *k_new, const void *v_new,
+                                       void *k_cache, void *v_cache, const int32_t *block_table, void *centroids);
+
+/* Attention for the newest tokens: q [cu_q[num_seqs], Hq, d] holds, for sequence s, the queries of its last
+ * cu_q[s+1] - cu_q[s] positions (seq_lens[s] - n .. seq_lens[s] - 1; their keys already appended). Each query
+ * routes like prefill (cached centroids of the full blocks before its own block, top_k - 1 best, plus its own
+ * block) unless full_attention, and attends causally. Writes o like q and, if lse != NULL, lse [Hq, cu_q[num_seqs]].
+ * The output equals moba_forward's at those positions for the same q, k, v (bitwise on the CPU). */
+MOBA_API moba_status moba_cache_attend(const moba_cache_params *p, const int32_t *seq_lens, const int32_t *cu_q,
+                                       const void *q, const void *k_cache, const void *v_cache,
+                                       const int32_t *block_table, const void *centroids,
+                                       void *o, float *lse, void *workspace, size_t workspace_bytes);
+
+/* Workspace bytes of moba_cache_attend for these params and lengths (NULL workspace: the library allocates). */
+MOBA_API moba_status moba_cache_workspace_size(const moba_cache_params *p, const int32_t *seq_lens,
+                                               const int32_t *cu_q, size_t *bytes);
+
 /* Human-readable name of a status ("invalid argument", ...). Never NULL. */
 MOBA_API const char *moba_strerror(moba_status status);
 
-/* The message of the last failed call on this thread ("" if none), e.g.
- * "moba_forward: num_q_heads (6) is not a multiple of num_kv_heads (4)". Valid until the next
- * libmoba call on the same thread. */
+/* The message of the last failed call on this thread, e.g.
+ * "moba_forward: num_q_heads (6) is not a multiple of num_kv_heads (4)". Every call that returns a
+ * moba_status clears it on entry, so after a successful call it is "". Valid until the next such call on
+ * the same thread. */
 MOBA_API const char *moba_last_error(void);
 
 /* 1 if this build has the backend and (for CUDA) a usable device is present, else 0. */
 MOBA_API int moba_backend_available(moba_backend backend);
 
-/* Whether `backend` supports these dtype/head_dim/block_size settings: MOBA_OK or
- * MOBA_ERR_UNSUPPORTED with a message saying what is not supported. No other argument is checked. */
+/* Whether `backend` supports these dtype/head_dim/block_size settings: MOBA_OK, or
+ * MOBA_ERR_UNSUPPORTED with a message saying what is not supported (MOBA_ERR_INVALID_ARGUMENT for an
+ * unknown backend or dtype, or block_size < 1). Whether a device is present is not checked. */
 MOBA_API moba_status moba_backend_supports(moba_backend backend, moba_dtype dtype, int head_dim, int block_size);
 
 /* "major.minor.patch" of the library that is linked. */

@@ -83,7 +83,10 @@ moba_status moba_backend_supports(moba_backend backend, moba_dtype dtype, int he
     if (block_size < 1)
         return moba_fail(MOBA_ERR_INVALID_ARGUMENT, "moba_backend_supports: block_size (%d) must be >= 1", block_size);
     moba_status st = supports("moba_backend_supports", backend, dtype, head_dim, block_size);
-    return st == MOBA_ERR_INVALID_ARGUMENT ? moba_fail(MOBA_ERR_UNSUPPORTED, "%s", moba_last_error()) : st;
+    if (st != MOBA_ERR_INVALID_ARGUMENT) return st;
+    char msg[400]; /* the message lives in the buffer moba_fail writes: copy it first */
+    snprintf(msg, sizeof msg, "%s", moba_last_error());
+    return moba_fail(MOBA_ERR_UNSUPPORTED, "%s", msg);
 }
 
 /* a * b * c * d as size_t, 0 on overflow (all factors are >= 1 here). */

@@ -77,6 +77,11 @@ static inline void cpu_scale(float *y, float a, int n) {
     for (int i = 0; i < n; i++) y[i] *= a;
 }
 
+/* One query row against n keys (rows of K, V): the online-softmax update of (m, l, acc); s is scratch
+ * for n scores. Shared by prefill and decode so both give the same bits. (forward.c) */
+void cpu_row_chunk(const float *q, const float *K, const float *V, int n, int d, float scale, float *s, float *m,
+                   float *l, float *acc);
+
 /* The cursor walk over a row's ascending selection: does the row select block b (visited in
  * ascending order)? Advances the cursor when it does. */
 static inline int cpu_selects(const int32_t *row_sel, int *cursor, int b) {

@@ -41,8 +41,7 @@ static fwd_scratch fwd_scratch_carve(char *at, int d) {
     return s;
 }
 
-/* One row against keys [0, n) of the chunk: the online-softmax update of (m, l, acc). */
-MOBA_HOT static void row_chunk(const float *q, const float *K, const float *V, int n, int d, float scale, float *s,
+MOBA_HOT void cpu_row_chunk(const float *q, const float *K, const float *V, int n, int d, float scale, float *s,
                       float *m, float *l, float *acc) {
     float mx = -INFINITY;
     for (int c = 0; c < n; c++) {
@@ -103,7 +102,7 @@ static void forward_tile(const moba_call *c, const moba_tile *tile, int h, const
                 int64_t pos = tile->row_begin + r;
                 int n = (int)(pos + 1 - c0 < nk ? pos + 1 - c0 : nk); /* keys <= pos */
                 if (n <= 0) continue;
-                row_chunk(S->q + (size_t)r * d, S->k, S->v, n, d, c->scale, S->s, &S->m[r], &S->l[r],
+                cpu_row_chunk(S->q + (size_t)r * d, S->k, S->v, n, d, c->scale, S->s, &S->m[r], &S->l[r],
                           S->acc + (size_t)r * d);
             }
         }
