@@ -137,7 +137,10 @@ MOBA_API moba_status moba_route(const moba_params *p,
  *   paged      (page_size > 0):  k_cache, v_cache [num_pages, page_size, Hkv, d], and
  *                                block_table int32 [num_seqs, max_pages_per_seq] (page ids, host memory for
  *                                the CPU backend, device memory for CUDA); token t of sequence s lives in page
- *                                block_table[s][t / page_size], row t % page_size. block_size % page_size == 0.
+ *                                block_table[s][t / page_size], row t % page_size. block_size % page_size == 0,
+ *                                capacity == max_pages_per_seq * page_size. The pages a call touches must hold
+ *                                ids in [0, num_pages) (checked on the CPU backend), and no two sequences may
+ *                                share a page (not checked).
  *   centroids [num_seqs, capacity / block_size, Hkv, d] (storage dtype): slot i holds the centroid of block i
  *   of the sequence once that block is full (written by moba_cache_append, exactly as prefill computes it).
  * seq_lens int32 [num_seqs] (host memory) is how many tokens each sequence's cache holds; the caller owns
@@ -169,7 +172,9 @@ MOBA_API void moba_cache_params_init(moba_cache_params *p);
 /* Appends new_lens[s] = cu_new[s+1] - cu_new[s] tokens to each sequence s: k_new, v_new [cu_new[num_seqs],
  * Hkv, d] are written at positions seq_lens[s] .. seq_lens[s] + new_lens[s] - 1, and the centroid of every
  * block that becomes full is written to its slot. Nothing already in the cache is rewritten. cu_new is host
- * memory. seq_lens[s] + new_lens[s] must fit in capacity (and, paged, in valid pages of block_table). */
+ * memory. seq_lens[s] + new_lens[s] must fit in capacity (and, paged, in valid pages of block_table).
+ * Append reads only the layout fields of p (dtype, heads, head_dim, block_size, page geometry); top_k,
+ * softmax_scale and full_attention matter to moba_cache_attend alone. */
 MOBA_API moba_status moba_cache_append(const moba_cache_params *p, const int32_t *seq_lens, const int32_t *cu_new,
                                        const void *k_new, const void *v_new,
                                        void *k_cache, void *v_cache, const int32_t *block_table, void *centroids);
@@ -184,7 +189,8 @@ MOBA_API moba_status moba_cache_attend(const moba_cache_params *p, const int32_t
                                        const int32_t *block_table, const void *centroids,
                                        void *o, float *lse, void *workspace, size_t workspace_bytes);
 
-/* Workspace bytes of moba_cache_attend for these params and lengths (NULL workspace: the library allocates). */
+/* Workspace bytes of moba_cache_attend for these params and lengths (NULL workspace: the library allocates).
+ * 0 on the CPU backend. The CUDA backend has no decode path yet (MOBA_ERR_UNSUPPORTED). */
 MOBA_API moba_status moba_cache_workspace_size(const moba_cache_params *p, const int32_t *seq_lens,
                                                const int32_t *cu_q, size_t *bytes);
 

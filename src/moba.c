@@ -9,6 +9,7 @@
 
 #include "backend.h"
 #include "error.h"
+#include "overflow.h"
 
 #define STR_(x) #x
 #define STR(x) STR_(x)
@@ -89,15 +90,6 @@ moba_status moba_backend_supports(moba_backend backend, moba_dtype dtype, int he
     return moba_fail(MOBA_ERR_UNSUPPORTED, "%s", msg);
 }
 
-/* a * b * c * d as size_t, 0 on overflow (all factors are >= 1 here). */
-static size_t mul4(size_t a, size_t b, size_t c, size_t d) {
-    size_t r;
-    if (__builtin_mul_overflow(a, b, &r) || __builtin_mul_overflow(r, c, &r) ||
-        __builtin_mul_overflow(r, d, &r) || r > (size_t)INT64_MAX)
-        return 0;
-    return r;
-}
-
 /* Checks the params (not the tensor pointers) and fills the call a backend receives. */
 static moba_status check_params(const char *fn, const moba_params *p, moba_call *c) {
     if (!p) return moba_fail(MOBA_ERR_INVALID_ARGUMENT, "%s: params is NULL", fn);
@@ -131,9 +123,9 @@ static moba_status check_params(const char *fn, const moba_params *p, moba_call 
                          "%s: softmax_scale (%g) must be a finite number > 0, or 0 for 1/sqrt(head_dim)", fn,
                          (double)p->softmax_scale);
     /* every tensor's byte size must fit: q/o [total,Hq,d], lse [Hq,total], block_idx [Hq,total,top_k] */
-    if (!mul4((size_t)p->total_tokens, (size_t)p->num_q_heads, (size_t)p->head_dim, elem) ||
-        !mul4((size_t)p->total_tokens, (size_t)p->num_q_heads, (size_t)p->top_k, sizeof(int32_t)) ||
-        !mul4((size_t)p->total_tokens, (size_t)p->num_q_heads, (size_t)p->head_dim, sizeof(float)))
+    if (!moba_mul4((size_t)p->total_tokens, (size_t)p->num_q_heads, (size_t)p->head_dim, elem) ||
+        !moba_mul4((size_t)p->total_tokens, (size_t)p->num_q_heads, (size_t)p->top_k, sizeof(int32_t)) ||
+        !moba_mul4((size_t)p->total_tokens, (size_t)p->num_q_heads, (size_t)p->head_dim, sizeof(float)))
         return moba_fail(MOBA_ERR_INVALID_ARGUMENT,
                          "%s: sizes overflow: total_tokens (%lld) x num_q_heads (%d) x head_dim (%d) x top_k (%d) "
                          "is too large to address", fn, (long long)p->total_tokens, p->num_q_heads, p->head_dim, p->top_k);

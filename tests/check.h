@@ -6,9 +6,11 @@
 #ifndef MOBA_TEST_CHECK_H
 #define MOBA_TEST_CHECK_H
 
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static int check_failures = 0;
 static int check_count = 0;
@@ -56,6 +58,18 @@ static inline void *check_malloc(size_t n) {
         exit(1);
     }
     return p;
+}
+
+/* name occurs in msg as a whole identifier (so "k" is not found inside "top_k"): error messages must
+ * name the bad argument. */
+static inline int has_word(const char *msg, const char *name) {
+    size_t n = strlen(name);
+    for (const char *s = strstr(msg, name); s; s = strstr(s + 1, name)) {
+        int before = s > msg && (isalnum((unsigned char)s[-1]) || s[-1] == '_');
+        int after = isalnum((unsigned char)s[n]) || s[n] == '_';
+        if (!before && !after) return 1;
+    }
+    return 0;
 }
 
 #endif

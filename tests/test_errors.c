@@ -51,17 +51,6 @@ static void valid_params(moba_params *p, int32_t *cu) {
     ref_set_problem(p, MOBA_DTYPE_F32, 2, cu, HQ, HKV, D, 4, K_TOP);
 }
 
-/* name occurs in msg as a whole identifier (so "k" is not found inside "top_k") */
-static int has_word(const char *msg, const char *name) {
-    size_t n = strlen(name);
-    for (const char *s = strstr(msg, name); s; s = strstr(s + 1, name)) {
-        int before = s > msg && (isalnum((unsigned char)s[-1]) || s[-1] == '_');
-        int after = isalnum((unsigned char)s[n]) || s[n] == '_';
-        if (!before && !after) return 1;
-    }
-    return 0;
-}
-
 typedef enum { FN_FORWARD, FN_BACKWARD, FN_ROUTE, FN_WORKSPACE, NUM_FN } fn_id;
 static const char *fn_names[NUM_FN] = {"moba_forward", "moba_backward", "moba_route", "moba_workspace_size"};
 

@@ -10,6 +10,7 @@
 
 #include "../half.h"
 #include "cpu.h"
+#include "topk.h"
 
 moba_status cpu_centroids(const char *fn, const moba_call *c, const void *k, const int64_t *full_block_base,
                           float *centroids) {
@@ -46,51 +47,16 @@ moba_status cpu_centroids(const char *fn, const moba_call *c, const void *k, con
     return MOBA_OK;
 }
 
-/* Ranking of history blocks: a beats b when its score is higher, or equal with a lower index. */
-typedef struct {
-    float score;
-    int32_t block;
-} ranked;
-
-static int beats(ranked a, ranked b) {
-    return a.score > b.score || (a.score == b.score && a.block < b.block);
-}
-
-/* Min-heap (the worst kept block at the root) of the m best blocks seen so far. */
-static void sift_down(ranked *h, int m, int i) {
-    for (;;) {
-        int l = 2 * i + 1, r = l + 1, w = i;
-        if (l < m && beats(h[w], h[l])) w = l;
-        if (r < m && beats(h[w], h[r])) w = r;
-        if (w == i) return;
-        ranked t = h[i];
-        h[i] = h[w];
-        h[w] = t;
-        i = w;
-    }
-}
-
 /* One row: writes its selection (ascending, own block j last, -1 padded to `stride`). */
 static void select_row(const moba_call *c, const float *qrow, const float *cen_head, int j, int32_t *out,
-                       int stride, ranked *heap, unsigned char *chosen) {
+                       int stride, cpu_ranked *heap, unsigned char *chosen) {
     const int d = c->p->head_dim, m = c->p->top_k - 1;
     int n = 0;
     if (m >= j) { /* every history block fits */
         for (int i = 0; i < j; i++) out[n++] = i;
     } else if (m > 0) {
         int size = 0;
-        for (int i = 0; i < j; i++) {
-            float s = cpu_dot(qrow, cen_head + (int64_t)i * d, d);
-            ranked r = {s == s ? s : -INFINITY, i};
-            if (size < m) { /* fill, then heapify once full */
-                heap[size++] = r;
-                if (size == m)
-                    for (int x = m / 2 - 1; x >= 0; x--) sift_down(heap, m, x);
-            } else if (beats(r, heap[0])) {
-                heap[0] = r;
-                sift_down(heap, m, 0);
-            }
-        }
+        for (int i = 0; i < j; i++) cpu_heap_offer(heap, &size, m, cpu_dot(qrow, cen_head + (int64_t)i * d, d), i);
         for (int x = 0; x < m; x++) chosen[heap[x].block] = 1;
         for (int i = 0; i < j; i++)
             if (chosen[i]) {
@@ -110,7 +76,7 @@ moba_status cpu_select(const char *fn, const moba_call *c, const void *q, const 
     const int64_t total = c->L.total_tokens, nfull = c->L.total_full_blocks;
     const int threads = cpu_threads(c);
     /* per thread: a q row, the heap, and the chosen-block flags */
-    size_t per = cpu_align64(sizeof(float) * (size_t)d) + cpu_align64(sizeof(ranked) * (size_t)c->slots) +
+    size_t per = cpu_align64(sizeof(float) * (size_t)d) + cpu_align64(sizeof(cpu_ranked) * (size_t)c->slots) +
                  cpu_align64((size_t)c->L.max_blocks);
     char *scratch = cpu_scratch_alloc(fn, threads, per);
     if (!scratch) return MOBA_ERR_OUT_OF_MEMORY;
@@ -119,8 +85,8 @@ moba_status cpu_select(const char *fn, const moba_call *c, const void *q, const 
     {
         char *mine = scratch + cpu_align64(per) * (size_t)omp_get_thread_num();
         float *qrow = (float *)mine;
-        ranked *heap = (ranked *)(mine + cpu_align64(sizeof(float) * (size_t)d));
-        unsigned char *chosen = (unsigned char *)heap + cpu_align64(sizeof(ranked) * (size_t)c->slots);
+        cpu_ranked *heap = (cpu_ranked *)(mine + cpu_align64(sizeof(float) * (size_t)d));
+        unsigned char *chosen = (unsigned char *)heap + cpu_align64(sizeof(cpu_ranked) * (size_t)c->slots);
 #pragma omp for schedule(dynamic, 1) collapse(2)
         for (int h = 0; h < Hq; h++)
             for (int64_t t = 0; t < num_tiles; t++) {
