@@ -22,18 +22,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "decode_cache.h" /* tools/: filling a cache through appends, timing attend steps (shared with moba decode-bench) */
 #include "moba.h"
+#include "timer.h"
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
-static void die(const char *what) {
-    fprintf(stderr, "moba_bench_decode: %s: %s\n", what, moba_last_error());
+static void die(const char *what, int rc, const char *err) {
+    fprintf(stderr, "moba_bench_decode: %s: %s\n", what, rc > 0 ? moba_last_error() : err);
     exit(1);
 }
 
@@ -46,19 +41,6 @@ static void *xmalloc(size_t n) {
     return p;
 }
 
-/* Uniform values of variance ~1 in the storage dtype (rounded by truncation: fine for timing). */
-static void fill(void *x, size_t n, moba_dtype dt, uint64_t *st) {
-    for (size_t i = 0; i < n; i++) {
-        *st ^= *st << 13, *st ^= *st >> 7, *st ^= *st << 17;
-        float f = (float)((*st >> 40) * (1.0 / 16777216.0) * 2.0 - 1.0) * 1.7f;
-        uint32_t u;
-        memcpy(&u, &f, 4);
-        if (dt == MOBA_DTYPE_F32) ((float *)x)[i] = f;
-        else if (dt == MOBA_DTYPE_BF16) ((uint16_t *)x)[i] = (uint16_t)(u >> 16);
-        else ((uint16_t *)x)[i] = (uint16_t)(((u >> 16) & 0x8000u) | (0x3800u + ((u >> 13) & 0x3ffu))); /* |x| in [0.5, 1) */
-    }
-}
-
 typedef struct {
     int ctx, batch, hq, hkv, d, page, reps, threads;
     moba_dtype dt;
@@ -68,17 +50,16 @@ typedef struct {
     int block, top_k;
 } routing;
 
-/* A cache of `batch` sequences of ctx tokens, with centroids for each routing's block size. */
+/* A cache of `batch` sequences of ctx tokens, with centroids for each routing's block size (cen[r]). */
 typedef struct {
-    moba_cache_params p;
-    void *k, *v, *cen[2];
-    int32_t *table, *seq_lens;
+    decode_cache c;
+    void *cen[2];
 } cache;
 
-static size_t mul(size_t a, size_t b) { return a * b; }
-
-static void cache_fill(const setup *S, const routing *R, int nr, cache *c) {
-    const size_t es = moba_dtype_size(S->dt), row = (size_t)S->hkv * S->d;
+static void cache_fill(const setup *S, const routing *R, int nr, cache *b) {
+    const size_t es = moba_dtype_size(S->dt);
+    decode_cache *c = &b->c;
+    memset(c, 0, sizeof *c);
     moba_cache_params_init(&c->p);
     c->p.dtype = S->dt;
     c->p.num_threads = S->threads;
@@ -88,105 +69,60 @@ static void cache_fill(const setup *S, const routing *R, int nr, cache *c) {
     c->p.head_dim = S->d;
     c->p.capacity = S->ctx;
     c->p.page_size = S->page;
-    size_t rows = mul(S->batch, S->ctx);
-    c->table = NULL;
     if (S->page > 0) { /* pages in a scattered order, as a pool would hand them out */
         c->p.max_pages_per_seq = S->ctx / S->page;
         c->p.num_pages = (int64_t)S->batch * c->p.max_pages_per_seq;
-        c->table = xmalloc(sizeof(int32_t) * (size_t)c->p.num_pages);
-        for (int64_t i = 0; i < c->p.num_pages; i++) c->table[i] = (int32_t)((i * 7919) % c->p.num_pages);
+        c->block_table = xmalloc(sizeof(int32_t) * (size_t)c->p.num_pages);
+        decode_scatter_pages(c->block_table, c->p.num_pages);
     }
-    c->k = xmalloc(rows * row * es);
-    c->v = xmalloc(rows * row * es);
-    for (int r = 0; r < nr; r++) c->cen[r] = xmalloc(mul(rows / R[r].block, row) * es);
-    c->seq_lens = calloc((size_t)S->batch, sizeof(int32_t));
-
-    /* append in pieces of 64K tokens per sequence, once per block size (the second call writes the
-     * same rows again and its own centroids) */
-    const int piece = S->ctx < 65536 ? S->ctx : 65536;
-    void *kn = xmalloc(mul((size_t)S->batch * piece, row) * es), *vn = xmalloc(mul((size_t)S->batch * piece, row) * es);
-    int32_t *cu = xmalloc(sizeof(int32_t) * (S->batch + 1));
+    c->k = xmalloc(decode_cache_elems(&c->p) * es);
+    c->v = xmalloc(decode_cache_elems(&c->p) * es);
+    int blocks[2];
+    for (int r = 0; r < nr; r++) b->cen[r] = xmalloc(decode_centroid_elems(&c->p, blocks[r] = R[r].block) * es);
+    c->seq_lens = xmalloc(sizeof(int32_t) * S->batch);
+    /* appended once per block size: the second append writes the same rows again and its own centroids */
     uint64_t st = 0x9e3779b97f4a7c15ull;
-    for (int at = 0; at < S->ctx; at += piece) {
-        for (int s = 0; s <= S->batch; s++) cu[s] = s * piece;
-        fill(kn, mul((size_t)S->batch * piece, row), S->dt, &st);
-        fill(vn, mul((size_t)S->batch * piece, row), S->dt, &st);
-        for (int r = 0; r < nr; r++) {
-            c->p.block_size = R[r].block;
-            if (moba_cache_append(&c->p, c->seq_lens, cu, kn, vn, c->k, c->v, c->table, c->cen[r]) != MOBA_OK)
-                die("append");
-        }
-        for (int s = 0; s < S->batch; s++) c->seq_lens[s] += piece;
-    }
-    free(kn), free(vn), free(cu);
+    char err[256];
+    int rc = decode_fill(c, S->ctx, nr, blocks, b->cen, &st, NULL, NULL, NULL, err, sizeof err);
+    if (rc) die("append", rc, err);
 }
 
-static void cache_free(cache *c, int nr) {
-    free(c->k), free(c->v), free(c->table), free(c->seq_lens);
-    for (int r = 0; r < nr; r++) free(c->cen[r]);
+static void cache_free(cache *b, int nr) {
+    free(b->c.k), free(b->c.v), free(b->c.block_table), free(b->c.seq_lens);
+    for (int r = 0; r < nr; r++) free(b->cen[r]);
 }
 
-/* Evicts the caches: in serving, the other layers run between two steps of this one. */
-static volatile float evict_sink;
-static void evict_caches(void) {
-    enum { EVICT_FLOATS = 32 << 20 }; /* 128 MiB, 4x the L3 of the measured machine */
-    static float *junk;
-    if (!junk) {
-        junk = xmalloc(sizeof(float) * EVICT_FLOATS);
-        for (size_t i = 0; i < EVICT_FLOATS; i++) junk[i] = (float)i;
-    }
-    float s = 0.0f;
-    for (size_t i = 0; i < EVICT_FLOATS; i += 16) s += junk[i] += 1.0f;
-    evict_sink = s;
-}
-
-/* Seconds of one decode step (one query per sequence): the best of reps, after one warm-up, each step
- * with new queries (q holds reps + 1 sets) and cold caches. The best, not the median: on a shared
- * machine the other tenants only ever add time. */
-static double time_step(const setup *S, cache *c, int centroid_set, const char *q, size_t q_set_bytes, void *o) {
-    int32_t *cu = xmalloc(sizeof(int32_t) * (S->batch + 1));
-    for (int s = 0; s <= S->batch; s++) cu[s] = s;
-    double best = INFINITY;
-    for (int r = -1; r < S->reps; r++) { /* one warm-up */
-        evict_caches();
-        double t0 = now();
-        if (moba_cache_attend(&c->p, c->seq_lens, cu, q + (size_t)(r + 1) * q_set_bytes, c->k, c->v, c->table,
-                              c->cen[centroid_set], o, NULL, NULL, 0) != MOBA_OK)
-            die("attend");
-        double t = now() - t0;
-        if (r >= 0 && t < best) best = t;
-    }
-    free(cu);
+/* Seconds of one decode step with the centroid set of routing r: best of reps, cold caches, new queries. */
+static double time_step(const setup *S, cache *b, int r, const char *q, size_t q_set_bytes, void *o) {
+    char err[256];
+    double best;
+    b->c.centroids = b->cen[r];
+    int rc = decode_time_attend(&b->c, q, q_set_bytes, o, S->reps, 1, NULL, &best, err, sizeof err);
+    if (rc) die("attend", rc, err);
     return best;
-}
-
-/* Keys a token at position ctx - 1 attends under this routing. */
-static int64_t attended(int ctx, routing R) {
-    int64_t t = ctx - 1, j = t / R.block, hist = R.top_k - 1 < j ? R.top_k - 1 : j;
-    return hist * R.block + t % R.block + 1;
 }
 
 static void run(const setup *S, const routing *R, int nr) {
     const size_t es = moba_dtype_size(S->dt), qrow = (size_t)S->hq * S->d;
     cache c;
-    double t0 = now();
+    double t0 = timer_now();
     cache_fill(S, R, nr, &c);
-    double fill_s = now() - t0;
+    double fill_s = timer_now() - t0;
     const size_t q_set = S->batch * qrow; /* elements of one step's queries */
     char *q = xmalloc((S->reps + 1) * q_set * es);
     void *o = xmalloc(q_set * es);
     uint64_t st = 12345;
-    fill(q, (S->reps + 1) * q_set, S->dt, &st);
-    c.p.full_attention = 1;
-    c.p.block_size = R[0].block;
-    c.p.top_k = R[0].top_k;
+    decode_random_fill(q, (S->reps + 1) * q_set, S->dt, &st);
+    c.c.p.full_attention = 1;
+    c.c.p.block_size = R[0].block;
+    c.c.p.top_k = R[0].top_k;
     double full = time_step(S, &c, 0, q, q_set * es, o);
-    c.p.full_attention = 0;
+    c.c.p.full_attention = 0;
     for (int r = 0; r < nr; r++) {
-        c.p.block_size = R[r].block;
-        c.p.top_k = R[r].top_k;
+        c.c.p.block_size = R[r].block;
+        c.c.p.top_k = R[r].top_k;
         double moba = time_step(S, &c, r, q, q_set * es, o);
-        int64_t keys = attended(S->ctx, R[r]);
+        int64_t keys = decode_attended_keys(S->ctx - 1, R[r].block, R[r].top_k);
         printf("| %5dK | %5d | %4d | %3d | %8.2f | %9.1f | %8.2f | %10.1f | %7.1fx | %7.1fx | %5.1fs |\n", S->ctx / 1024,
                S->batch, R[r].block, R[r].top_k, full * 1e3, S->batch / full, moba * 1e3, S->batch / moba,
                full / moba, (double)S->ctx / keys, fill_s);

@@ -208,7 +208,7 @@ MOBA_API int moba_backend_available(moba_backend backend);
 
 /* Whether `backend` supports these dtype/head_dim/block_size settings: MOBA_OK, or
  * MOBA_ERR_UNSUPPORTED with a message saying what is not supported (MOBA_ERR_INVALID_ARGUMENT for an
- * unknown backend or dtype, or block_size < 1). Whether a device is present is not checked. */
+ * unknown backend or dtype, or block_size < 1). CUDA without a usable device is unsupported too. */
 MOBA_API moba_status moba_backend_supports(moba_backend backend, moba_dtype dtype, int head_dim, int block_size);
 
 /* "major.minor.patch" of the library that is linked. */

@@ -37,5 +37,6 @@ int cmd_attn(int argc, char **argv);
 int cmd_route(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_decode_bench(int argc, char **argv);
 
 #endif

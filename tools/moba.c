@@ -4,6 +4,7 @@
  *   moba attn    forward (and backward) on .npy files
  *   moba route   the selected blocks on .npy files
  *   moba bench   MoBA vs full attention timings over sequence lengths
+ *   moba decode-bench   decode (KV cache) throughput: MoBA vs full attention over context lengths
  * Exit status: 0 success, 1 failure during a run, 2 bad flags / input files / output paths.
  */
 #include "cli.h"
@@ -24,14 +25,15 @@ static const command commands[] = {
     {"attn", cmd_attn, "MoBA forward, and backward with --do, on .npy files"},
     {"route", cmd_route, "the router alone: selected block indices as int32 .npy"},
     {"bench", cmd_bench, "MoBA vs full attention times over sequence lengths (table, --json)"},
+    {"decode-bench", cmd_decode_bench, "decode tokens/s over a KV cache: MoBA vs full attention (table, --json)"},
 };
 #define NUM_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
 
 static void usage(FILE *f) {
     fprintf(f, "usage: moba COMMAND [flags]      (moba COMMAND --help for its flags)\n\n"
                "MoBA (Mixture of Block Attention) from the command line, libmoba %s.\n\ncommands:\n", moba_version());
-    for (int i = 0; i < NUM_COMMANDS; i++) fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "  %-8s %s\n", "help", "moba help COMMAND: the same as moba COMMAND --help");
+    for (int i = 0; i < NUM_COMMANDS; i++) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "  %-12s %s\n", "help", "moba help COMMAND: the same as moba COMMAND --help");
     fprintf(f, "\nflags:\n  -h, --help     this help\n  --version      the library version and its backends\n");
     fprintf(f, "\nexit status: 0 success; 2 bad flags, input files or output paths (nothing is written);\n"
                "             1 a failure during the run (library error, out of memory)\n");

@@ -46,6 +46,14 @@ static int distinct_outputs(const char *const *names, const char *const *paths, 
     return ARGS_OK;
 }
 
+/* A comma-separated list of sizes in [1, max]; errors say which flag. */
+static int parse_list(const char *flag, const char *text, int64_t max, int64_t *out, int cap, int *n, char *err, size_t errlen) {
+    if (!args_parse_int_list(text, 1, max, out, cap, n, err, errlen)) return ARGS_OK;
+    char inner[200];
+    snprintf(inner, sizeof inner, "%s", err);
+    return args_error(err, errlen, "%s: %s", flag, inner);
+}
+
 /* ---- attn ---- */
 
 static int attn_specs(attn_opts *o, arg_spec *s) {
@@ -191,16 +199,63 @@ int bench_opts_parse(bench_opts *o, int argc, char **argv, char *err, size_t err
     if (o->heads % o->kv_heads)
         return args_error(err, errlen, "--heads (%lld) must be a multiple of --kv-heads (%lld)", (long long)o->heads, (long long)o->kv_heads);
     const char *text = o->lengths_text ? o->lengths_text : "2048,4096,8192,16384";
-    if (args_parse_int_list(text, 1, 1 << 22, o->lengths, BENCH_MAX_LENGTHS, &o->num_lengths, err, errlen)) {
-        char inner[200];
-        snprintf(inner, sizeof inner, "%s", err);
-        return args_error(err, errlen, "--lengths: %s", inner);
-    }
+    if (parse_list("--lengths", text, 1 << 22, o->lengths, BENCH_MAX_LENGTHS, &o->num_lengths, err, errlen)) return ARGS_ERROR;
     for (int i = 0; i < o->num_lengths; i++)
         if (o->lengths[i] * o->heads * o->head_dim > ((int64_t)1 << 31))
             return args_error(err, errlen, "--lengths item %lld x --heads x --head-dim is over 2^31 elements", (long long)o->lengths[i]);
     if (parse_device(o->device_name, 1, &o->device, err, errlen)) return ARGS_ERROR;
     return parse_dtype(o->dtype_name, &o->dtype, err, errlen);
+}
+
+/* ---- decode-bench ---- */
+
+static int decode_bench_specs(decode_bench_opts *o, arg_spec *s) {
+    int n = 0;
+    s[n++] = (arg_spec){"--contexts", ARG_STRING, "LIST", "comma-separated tokens in each sequence's cache (default 16384,131072)", &o->contexts_text, 0, 0, 0};
+    s[n++] = (arg_spec){"--batch", ARG_INT, "N", "sequences decoded together, one new token each per step (default 4)", &o->batch, 1, 65536, 0};
+    s[n++] = (arg_spec){"--heads", ARG_INT, "H", "query heads (default 8)", &o->heads, 1, 256, 0};
+    s[n++] = (arg_spec){"--kv-heads", ARG_INT, "H", "key/value heads, divides --heads (default 1)", &o->kv_heads, 1, 256, 0};
+    s[n++] = (arg_spec){"--head-dim", ARG_INT, "D", "head dimension (default 128)", &o->head_dim, 1, 256, 0};
+    s[n++] = (arg_spec){"--block-size", ARG_INT, "B", "tokens per block (default 512)", &o->block_size, 1, 1 << 30, 0};
+    s[n++] = (arg_spec){"--top-k", ARG_INT, "K", "blocks per query, own block included (default 3)", &o->top_k, 1, 1 << 30, 0};
+    s[n++] = (arg_spec){"--page-size", ARG_INT, "P", "tokens per page of a paged cache, dividing --block-size; 0 = contiguous (default 0)", &o->page_size, 0, 1 << 30, 0};
+    s[n++] = (arg_spec){"--dtype", ARG_STRING, "T", "auto (default: bf16, the serving dtype), f32, f16 or bf16", &o->dtype_name, 0, 0, 0};
+    s[n++] = (arg_spec){"--reps", ARG_INT, "R", "timed decode steps per point, the best is kept (default 5)", &o->reps, 1, 1000, 0};
+    s[n++] = (arg_spec){"--device", ARG_STRING, "DEV", "cpu (default) or cuda", &o->device_name, 0, 0, 0};
+    s[n++] = (arg_spec){"--threads", ARG_INT, "N", "CPU threads, 0 = OpenMP's default (default 0)", &o->threads, 0, 4096, 0};
+    s[n++] = (arg_spec){"--seed", ARG_INT, "S", "random seed of the cache and the queries (default 1)", &o->seed, 0, 9.0e15, 0};
+    s[n++] = (arg_spec){"--json", ARG_STRING, "FILE", "also writes the results as JSON", &o->json, 0, 0, 0};
+    return n;
+}
+
+int decode_bench_opts_parse(decode_bench_opts *o, int argc, char **argv, char *err, size_t errlen) {
+    memset(o, 0, sizeof *o);
+    o->batch = 4;
+    o->heads = 8;
+    o->kv_heads = 1;
+    o->head_dim = 128;
+    o->block_size = 512;
+    o->top_k = 3;
+    o->reps = 5;
+    o->seed = 1;
+    arg_spec s[MAX_FLAGS];
+    int n = decode_bench_specs(o, s);
+    int rc = args_parse(s, n, argc, argv, err, errlen);
+    if (rc) return rc;
+    if (o->heads % o->kv_heads)
+        return args_error(err, errlen, "--heads (%lld) must be a multiple of --kv-heads (%lld)", (long long)o->heads, (long long)o->kv_heads);
+    if (o->page_size > 0 && o->block_size % o->page_size)
+        return args_error(err, errlen, "--page-size (%lld) must divide --block-size (%lld)", (long long)o->page_size, (long long)o->block_size);
+    const char *text = o->contexts_text ? o->contexts_text : "16384,131072";
+    if (parse_list("--contexts", text, 1 << 30, o->contexts, DECODE_MAX_CONTEXTS, &o->num_contexts, err, errlen)) return ARGS_ERROR;
+    for (int i = 0; i < o->num_contexts; i++) /* a paged cache rounds each sequence up to whole pages */
+        if ((double)o->batch * (double)(o->contexts[i] + o->page_size) * (double)(o->kv_heads * o->head_dim) > 0x1p33)
+            return args_error(err, errlen, "--contexts item %lld x --batch x --kv-heads x --head-dim is over 2^33 elements",
+                              (long long)o->contexts[i]);
+    if (parse_device(o->device_name, 0, &o->device, err, errlen)) return ARGS_ERROR;
+    if (parse_dtype(o->dtype_name, &o->dtype, err, errlen)) return ARGS_ERROR;
+    if (o->dtype == DTYPE_AUTO) o->dtype = DTYPE_BF16;
+    return ARGS_OK;
 }
 
 /* ---- help ---- */
@@ -241,6 +296,16 @@ int opts_print_help(FILE *f, const char *command) {
                    "Times MoBA against full causal attention (top_k = number of blocks) over sequence lengths,\n"
                    "forward and forward+backward, one sequence of random inputs each. Progress on stderr, a table\n"
                    "on stdout, --json FILE for machines. Times are the best of --reps runs.\n\n");
+    } else if (!strcmp(command, "decode-bench")) {
+        decode_bench_opts o;
+        n = decode_bench_specs(&o, s);
+        fprintf(f, "usage: moba decode-bench [flags]\n\n"
+                   "Decode (serving) throughput: fills a KV cache of --batch sequences of random tokens per context\n"
+                   "through moba_cache_append, then times moba_cache_attend with one new query per sequence (the token\n"
+                   "at position context - 1), MoBA against full attention over the same cache (full_attention = 1).\n"
+                   "tokens/s = batch / seconds per step, the best of --reps steps, each with new queries and (CPU) cold\n"
+                   "caches. bound = context / keys MoBA attends: min(top_k - 1, t / B) * B + t %% B + 1 at position t.\n"
+                   "Progress on stderr, a table on stdout, --json FILE for machines. Default: about 2 s on 2 cores.\n\n");
     } else {
         return 0;
     }

@@ -48,13 +48,24 @@ typedef struct {
     dtype_choice dtype;
 } bench_opts;
 
+#define DECODE_MAX_CONTEXTS 32
+typedef struct {
+    const char *contexts_text, *device_name, *dtype_name, *json;
+    int64_t contexts[DECODE_MAX_CONTEXTS];
+    int num_contexts;
+    int64_t batch, heads, kv_heads, head_dim, block_size, top_k, page_size, reps, threads, seed;
+    device_kind device;
+    dtype_choice dtype; /* auto = bf16, the serving dtype */
+} decode_bench_opts;
+
 /* Each returns ARGS_OK, ARGS_HELP or ARGS_ERROR (message in err); defaults are filled first. */
 int attn_opts_parse(attn_opts *o, int argc, char **argv, char *err, size_t errlen);
 int route_opts_parse(route_opts *o, int argc, char **argv, char *err, size_t errlen);
 int demo_opts_parse(demo_opts *o, int argc, char **argv, char *err, size_t errlen);
 int bench_opts_parse(bench_opts *o, int argc, char **argv, char *err, size_t errlen);
+int decode_bench_opts_parse(decode_bench_opts *o, int argc, char **argv, char *err, size_t errlen);
 
-/* Full --help text of a subcommand ("attn", "route", "demo", "bench"); 0 if there is no such one. */
+/* Full --help text of a subcommand ("attn", "route", "demo", "bench", "decode-bench"); 0 if there is no such one. */
 int opts_print_help(FILE *f, const char *command);
 
 /* "cpu", "cuda", "f32", "bf16", ... */

@@ -4,12 +4,14 @@
 
 q [total, num_q_heads, head_dim], k/v [total, num_kv_heads, head_dim] (FlashAttention varlen layout),
 cu_seqlens int32 [num_seqs + 1]. NumPy arrays run on the CPU; torch tensors on their device (CPU or CUDA, on
-the current stream) and are differentiable. See docs/python.md.
+the current stream) and are differentiable. Decode over a KV cache: moba.KVCache (append, attend).
+See docs/python.md.
 """
 from . import _lib, _ops
+from .cache import KVCache
 
-__all__ = ["attention", "attention_backward", "route", "moba_attn_varlen", "version", "backend_available",
-           "library_path"]
+__all__ = ["attention", "attention_backward", "route", "moba_attn_varlen", "KVCache", "version",
+           "backend_available", "library_path"]
 
 
 def attention(q, k, v, cu_seqlens, block_size, top_k, softmax_scale=None, return_lse=False, dtype=None):

@@ -37,6 +37,28 @@ class Params(ctypes.Structure):
     ]
 
 
+class CacheParams(ctypes.Structure):
+    """moba_cache_params, field for field (the decode calls: moba_cache_append, moba_cache_attend)."""
+    _fields_ = [
+        ("backend", ctypes.c_int),
+        ("cuda_stream", ctypes.c_void_p),
+        ("num_threads", ctypes.c_int),
+        ("dtype", ctypes.c_int),
+        ("num_seqs", ctypes.c_int),
+        ("num_q_heads", ctypes.c_int),
+        ("num_kv_heads", ctypes.c_int),
+        ("head_dim", ctypes.c_int),
+        ("block_size", ctypes.c_int),
+        ("top_k", ctypes.c_int),
+        ("softmax_scale", ctypes.c_float),
+        ("full_attention", ctypes.c_int),
+        ("page_size", ctypes.c_int),
+        ("capacity", ctypes.c_int),
+        ("max_pages_per_seq", ctypes.c_int),
+        ("num_pages", ctypes.c_int64),
+    ]
+
+
 def candidate_paths():
     """Where to look for libmoba, in order: $MOBA_LIBRARY, the package directory, a dev checkout's build/."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -55,12 +77,18 @@ def _declare(lib):
     P = ctypes.POINTER(Params)
     vp, sz, st = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
     fp = ctypes.POINTER(ctypes.c_float)
+    CP, ip = ctypes.POINTER(CacheParams), ctypes.POINTER(ctypes.c_int32)
     signatures = {
         "moba_params_init": (None, [P]),
         "moba_workspace_size": (st, [P, ctypes.c_int, ctypes.POINTER(sz)]),
         "moba_forward": (st, [P, vp, vp, vp, vp, fp, vp, sz]),
         "moba_backward": (st, [P, vp, vp, vp, vp, vp, fp, vp, vp, vp, vp, sz]),
         "moba_route": (st, [P, vp, vp, ctypes.POINTER(ctypes.c_int32), vp, sz]),
+        # block_table is a void pointer here: host memory for the CPU backend, device memory for CUDA
+        "moba_cache_params_init": (None, [CP]),
+        "moba_cache_append": (st, [CP, ip, ip, vp, vp, vp, vp, vp, vp]),
+        "moba_cache_attend": (st, [CP, ip, ip, vp, vp, vp, vp, vp, vp, fp, vp, sz]),
+        "moba_cache_workspace_size": (st, [CP, ip, ip, ctypes.POINTER(sz)]),
         "moba_strerror": (ctypes.c_char_p, [st]),
         "moba_last_error": (ctypes.c_char_p, []),
         "moba_backend_available": (ctypes.c_int, [ctypes.c_int]),
@@ -114,6 +142,12 @@ def library_path():
 def new_params():
     p = Params()
     lib().moba_params_init(ctypes.byref(p))
+    return p
+
+
+def new_cache_params():
+    p = CacheParams()
+    lib().moba_cache_params_init(ctypes.byref(p))
     return p
 
 

@@ -262,21 +262,22 @@ def test_version_and_backends():
     assert os.path.exists(moba.library_path())
 
 
-def test_params_layout_matches_header(tmp_path):
-    # ctypes' moba_params must have the C compiler's offsets, or every call reads garbage.
+@pytest.mark.parametrize("struct,c_name", [(_lib.Params, "moba_params"), (_lib.CacheParams, "moba_cache_params")])
+def test_params_layout_matches_header(tmp_path, struct, c_name):
+    # ctypes' moba_params (and moba_cache_params) must have the C compiler's offsets, or every call reads garbage.
     header = os.path.join(REPO, "include", "moba.h")
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None or not os.path.exists(header):
         pytest.skip("needs a C compiler and include/moba.h")
-    fields = [f for f, _ in _lib.Params._fields_]
+    fields = [f for f, _ in struct._fields_]
     src = tmp_path / "layout.c"
     src.write_text("#include <stdio.h>\n#include <stddef.h>\n#include \"moba.h\"\nint main(void) {\n" +
-                   "".join('printf("%%zu\\n", offsetof(moba_params, %s));\n' % f for f in fields) +
-                   'printf("%zu\\n", sizeof(moba_params));\nreturn 0;\n}\n')
+                   "".join('printf("%%zu\\n", offsetof(%s, %s));\n' % (c_name, f) for f in fields) +
+                   'printf("%%zu\\n", sizeof(%s));\nreturn 0;\n}\n' % c_name)
     exe = tmp_path / "layout"
     subprocess.run([cc, "-I", os.path.dirname(header), str(src), "-o", str(exe)], check=True)
     printed = [int(x) for x in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()]
-    expected = [getattr(_lib.Params, f).offset for f in fields] + [ctypes.sizeof(_lib.Params)]
+    expected = [getattr(struct, f).offset for f in fields] + [ctypes.sizeof(struct)]
     assert printed == expected
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tests of the moba command, one group per ctest:
 #   cli_test.sh GROUP MOBA NPY_CHECK NPY_FORGE GOLDEN_DIR WORK_DIR
-# Groups: golden (attn round trip on every golden case), bad_files, bad_flags, route, demo, bench, help.
+# Groups: golden (attn round trip on every golden case), bad_files, bad_flags, route, demo, bench, decode, help.
 # Every failure case asserts: exit status 2, exactly one line on stderr that names the problem, no
 # output file (nor temporary) left behind, and no crash. Exit 0 = all passed, 1 = a failure, 77 = skipped.
 set -u
@@ -260,18 +260,90 @@ assert all(x[k] > 0 and math.isfinite(x[k]) for x in r for k in ("moba_fwd_s", "
     grep -q "f+b" "$work/stdout" && bad "bench --forward-only shows backward columns" || ok
     ;;
 
+decode)
+    # small caches: contiguous f32 (GQA), paged bf16 with a partly used last page, f16 MHA with B = 7
+    expect_ok "decode-bench" "$moba" decode-bench --contexts 1000,5000 --batch 3 --heads 4 --kv-heads 2 --head-dim 32 \
+        --block-size 64 --top-k 4 --dtype f32 --reps 2 --device cpu --json "$work/out/d.json"
+    cat "$work/stdout"
+    grep -q "\[2/2\] context 5000: MoBA" "$work/stderr" && ok || bad "decode-bench progress: $(cat "$work/stderr")"
+    # rows: context attended bound | full ms full tok/s | moba ms moba tok/s | speedup; attended keys at t = context - 1
+    check_decode_rows() { # B top_k contexts...
+        local B=$1 K=$2
+        shift 2
+        for ctx in "$@"; do
+            awk -v c="$ctx" -v B="$B" -v K="$K" '$1 == c {
+                t = c - 1; j = int(t / B); h = (K - 1 < j) ? K - 1 : j; want = h * B + t % B + 1
+                bound = $3; sub(/x$/, "", bound); sp = $11; sub(/x$/, "", sp)
+                found = 1
+                if ($2 != want || (bound - c / want) ^ 2 > 0.01 || !(bound >= 1) || !($5 > 0) || !($6 > 0) ||
+                    !($8 > 0) || !($9 > 0) || !(sp > 0)) { print "bad row: " $0 " (want attended " want ")"; exit 1 }
+            } END { if (!found) { print "no row for context " c; exit 1 } }' "$work/stdout" && ok || bad "decode-bench row $ctx"
+        done
+    }
+    check_decode_rows 64 4 1000 5000
+    if command -v python3 >/dev/null; then
+        python3 -c 'import json, sys, math
+d = json.load(open(sys.argv[1]))
+assert (d["batch"], d["heads"], d["kv_heads"], d["block_size"], d["top_k"], d["page_size"]) == (3, 4, 2, 64, 4, 0), d
+r = d["results"]
+assert [(x["context"], x["attended_keys"]) for x in r] == [(1000, 232), (5000, 200)], r
+for x in r:
+    assert all(x[k] > 0 and math.isfinite(x[k]) for k in ("full_s", "moba_s", "full_tokens_per_s", "moba_tokens_per_s", "speedup")), x
+    assert abs(x["moba_tokens_per_s"] - 3 / x["moba_s"]) < 1e-3 * x["moba_tokens_per_s"], x
+    assert abs(x["speedup"] - x["full_s"] / x["moba_s"]) < 1e-3 * x["speedup"] and x["bound"] >= 1, x' \
+            "$work/out/d.json" && ok || bad "decode-bench json"
+    else
+        grep -q '"attended_keys": 200' "$work/out/d.json" && ok || bad "decode-bench json"
+    fi
+    expect_ok "decode-bench paged" "$moba" decode-bench --contexts 1000,77 --batch 2 --heads 2 --kv-heads 1 --head-dim 16 \
+        --block-size 32 --top-k 3 --page-size 8 --dtype bf16 --reps 1 --threads 1
+    grep -q "pages of 8" "$work/stdout" && ok || bad "decode-bench paged header: $(head -1 "$work/stdout")"
+    check_decode_rows 32 3 1000 77
+    expect_ok "decode-bench f16 B=7" "$moba" decode-bench --contexts 100,1 --batch 1 --heads 1 --kv-heads 1 --head-dim 8 \
+        --block-size 7 --top-k 2 --dtype f16 --reps 1
+    check_decode_rows 7 2 100 1
+    # bad flags: exit 2, one line, nothing written
+    d() { "$moba" decode-bench --contexts 64 --batch 1 --heads 1 --head-dim 8 --block-size 16 --reps 1 "$@"; }
+    expect_error "decode unknown flag" "unknown flag '--ctx'" d --ctx 5
+    expect_error "decode bad list" "--contexts: list item 'x' is not an integer" "$moba" decode-bench --contexts 64,x
+    expect_error "decode zero context" "--contexts: " "$moba" decode-bench --contexts 0
+    expect_error "decode kv heads" "--heads (3) must be a multiple of --kv-heads (2)" "$moba" decode-bench --heads 3 --kv-heads 2
+    expect_error "decode page size" "--page-size (3) must divide --block-size (16)" d --page-size 3
+    expect_error "decode negative page" "--page-size must be in" d --page-size -1
+    expect_error "decode zero batch" "--batch must be in" "$moba" decode-bench --batch 0
+    expect_error "decode zero reps" "--reps must be in" "$moba" decode-bench --reps 0
+    expect_error "decode top-k 0" "--top-k must be in" d --top-k 0
+    expect_error "decode head-dim" "--head-dim must be in" "$moba" decode-bench --head-dim 300
+    expect_error "decode dtype" "--dtype must be" d --dtype f64
+    expect_error "decode device" "--device must be cpu or cuda" d --device auto
+    expect_error "decode too large" "over 2^33 elements" "$moba" decode-bench --contexts 1073741824 --batch 64
+    expect_error "decode given twice" "--batch is given twice" d --batch 2
+    expect_error "decode json unwritable" "--json $work/nodir/d.json" d --json "$work/nodir/d.json"
+    if "$moba" --version | grep -q "cuda: not built"; then
+        expect_error "decode cuda not built" "--device cuda: not built with CUDA" d --device cuda
+    elif "$moba" --version | grep -q "cuda: built, no usable"; then
+        expect_error "decode cuda absent" "--device cuda: no usable CUDA device" d --device cuda
+    else # a GPU: runs once the CUDA backend decodes; until then the library's UNSUPPORTED, exit 2
+        "$moba" decode-bench --contexts 64 --batch 1 --heads 1 --head-dim 64 --block-size 16 --reps 1 --device cuda \
+            >"$work/stdout" 2>"$work/stderr"
+        rc=$?
+        if [ $rc -eq 0 ] || { [ $rc -eq 2 ] && grep -q "no decode path" "$work/stderr"; }; then ok; else bad "decode cuda: exit $rc: $(cat "$work/stderr")"; fi
+    fi
+    ;;
+
 help)
     expect_ok "moba --help" "$moba" --help
-    for c in demo attn route bench; do grep -q "^  $c " "$work/stdout" && ok || bad "--help lacks $c"; done
+    for c in demo attn route bench decode-bench; do grep -q "^  $c " "$work/stdout" && ok || bad "--help lacks $c"; done
     expect_ok "moba --version" "$moba" --version
     grep -q "^libmoba " "$work/stdout" && ok || bad "--version"
     flags_attn="--q --k --v --cu-seqlens --block-size --top-k --out --lse --do --dq --dk --dv --softmax-scale --device --threads"
     flags_route="--q --k --cu-seqlens --block-size --top-k --out --device --threads"
     flags_demo="--seqlen --heads --head-dim --block-size --top-k --needles --needle-snr --locality --seed --device --dtype --threads --svg"
     flags_bench="--lengths --heads --kv-heads --head-dim --block-size --top-k --reps --forward-only --device --dtype --threads --seed --json"
-    for c in attn route demo bench; do
+    flags_decode_bench="--contexts --batch --heads --kv-heads --head-dim --block-size --top-k --page-size --dtype --reps --device --threads --seed --json"
+    for c in attn route demo bench decode-bench; do
         expect_ok "$c --help" "$moba" $c --help
-        eval "flags=\$flags_$c"
+        eval "flags=\$flags_${c//-/_}"
         for f in $flags; do grep -q -- "^  $f\b" "$work/stdout" && ok || bad "$c --help lacks $f"; done
         expect_ok "help $c" "$moba" help $c
     done
