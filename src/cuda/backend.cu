@@ -1,0 +1,148 @@
+/*
+ * The CUDA backend's entry points (src/backend.h) other than the forward kernel: availability,
+ * what is supported, the workspace plan, the layout upload, routing, allocation.
+ *
+ * Workspace of a call (device memory, each piece 256-byte aligned):
+ *   tiles      [num_tiles] moba_tile   query tiles of 64 rows (routing), heaviest first
+ *   ftiles     [num_ftiles] moba_tile  query tiles of 128 rows (forward), heaviest first
+ *   cu_seqlens [num_seqs + 1] int32
+ *   full_base  [num_seqs + 1] int32    first centroid slot of each sequence
+ *   centroids  [Hkv][total_full_blocks][d]  storage dtype      (routing only)
+ *   sel        [Hq][total][top_k] int32                       (forward with routing only)
+ *   topk_lists [tiles][Hq][64][top_k - 1] int2   only when top_k is too large for shared memory
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda.h"
+
+static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+int moba_cuda_available(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky "no device" error */
+        return 0;
+    }
+    return n > 0;
+}
+
+moba_status moba_cuda_supports(moba_dtype dtype, int head_dim, int block_size) {
+    if (!moba_cuda_available())
+        return moba_fail(MOBA_ERR_UNSUPPORTED, "CUDA backend: no usable CUDA device");
+    if (dtype != MOBA_DTYPE_BF16 && dtype != MOBA_DTYPE_F16)
+        return moba_fail(MOBA_ERR_UNSUPPORTED, "CUDA backend: dtype %d is not supported (bf16 and f16 are; use the CPU "
+                         "backend for f32)", (int)dtype);
+    if (head_dim != 64 && head_dim != 128)
+        return moba_fail(MOBA_ERR_UNSUPPORTED, "CUDA backend: head_dim %d is not supported (64 and 128 are)", head_dim);
+    if (block_size <= 0 || block_size % 16 != 0)
+        return moba_fail(MOBA_ERR_UNSUPPORTED, "CUDA backend: block_size %d is not supported (a multiple of 16 is)",
+                         block_size);
+    return MOBA_OK;
+}
+
+/* Does this call need routing (centroids + top-k)? Not when every row attends all its history
+ * (top_k >= blocks) or only its own block (top_k == 1). */
+static int needs_routing(const moba_call *c) { return !c->full_attention && c->p->top_k > 1; }
+
+void moba_cuda_make_plan(const moba_call *c, moba_op op, moba_cuda_plan *plan) {
+    const moba_params *p = c->p;
+    size_t es = moba_dtype_size(p->dtype), off = 0;
+    memset(plan, 0, sizeof *plan);
+    plan->num_tiles = moba_layout_num_tiles(&c->L, MOBA_TILE_ROWS);
+    plan->tiles = off;
+    off = align256(off + (size_t)plan->num_tiles * sizeof(moba_tile));
+    plan->num_ftiles = moba_layout_num_tiles(&c->L, MOBA_FWD_TILE_ROWS);
+    plan->ftiles = off;
+    off = align256(off + (size_t)plan->num_ftiles * sizeof(moba_tile));
+    plan->cu_seqlens = off;
+    off = align256(off + (size_t)(p->num_seqs + 1) * sizeof(int32_t));
+    plan->full_base = off;
+    off = align256(off + (size_t)(p->num_seqs + 1) * sizeof(int32_t));
+    int route = op == MOBA_OP_ROUTE || (op == MOBA_OP_FORWARD && needs_routing(c));
+    plan->centroids = off;
+    if (route && needs_routing(c))
+        off = align256(off + (size_t)p->num_kv_heads * (size_t)c->L.total_full_blocks * p->head_dim * es);
+    plan->sel = off;
+    plan->sel_stride = c->slots;
+    if (op == MOBA_OP_FORWARD && route)
+        off = align256(off + (size_t)p->num_q_heads * (size_t)c->L.total_tokens * c->slots * sizeof(int32_t));
+    plan->topk_lists = off;
+    int k1 = p->top_k - 1;
+    if (route && needs_routing(c) && !moba_cuda_topk_list_fits_smem(k1)) {
+        plan->lists_in_global = 1;
+        off = align256(off + (size_t)plan->num_tiles * p->num_q_heads * MOBA_TILE_ROWS * k1 * 2 * sizeof(int32_t));
+    }
+    plan->total = op == MOBA_OP_BACKWARD ? 0 : off;
+}
+
+size_t moba_cuda_workspace_size(const moba_call *c, moba_op op) {
+    moba_cuda_plan plan;
+    moba_cuda_make_plan(c, op, &plan);
+    return plan.total;
+}
+
+moba_status moba_cuda_alloc(const moba_call *c, size_t bytes, void **ptr) {
+    cudaError_t err = cudaMallocAsync(ptr, bytes, (cudaStream_t)c->p->cuda_stream);
+    if (err != cudaSuccess) {
+        *ptr = NULL;
+        return moba_fail(err == cudaErrorMemoryAllocation ? MOBA_ERR_OUT_OF_MEMORY : MOBA_ERR_CUDA,
+                         "CUDA backend: could not allocate a workspace of %zu bytes: %s", bytes, cudaGetErrorString(err));
+    }
+    return MOBA_OK;
+}
+
+void moba_cuda_free(const moba_call *c, void *ptr) {
+    if (ptr) cudaFreeAsync(ptr, (cudaStream_t)c->p->cuda_stream);
+}
+
+/* Tiles with the most work (highest block index) go first, so the long ones do not finish last. */
+static int heavier_first(const void *x, const void *y) {
+    const moba_tile *a = (const moba_tile *)x, *b = (const moba_tile *)y;
+    if (a->block != b->block) return a->block > b->block ? -1 : 1;
+    return a->row_begin < b->row_begin ? -1 : (a->row_begin > b->row_begin);
+}
+
+moba_status moba_cuda_upload_layout(const moba_call *c, const moba_cuda_plan *plan, void *ws, moba_cuda_layout *dl) {
+    const moba_layout *L = &c->L;
+    size_t bytes = plan->full_base + (size_t)(L->num_seqs + 1) * sizeof(int32_t);
+    char *host = (char *)calloc(1, bytes);
+    if (!host) return moba_fail(MOBA_ERR_OUT_OF_MEMORY, "CUDA backend: could not allocate %zu host bytes", bytes);
+    moba_tile *tiles = (moba_tile *)(host + plan->tiles), *ftiles = (moba_tile *)(host + plan->ftiles);
+    moba_layout_tiles(L, MOBA_TILE_ROWS, tiles);
+    qsort(tiles, (size_t)plan->num_tiles, sizeof(moba_tile), heavier_first);
+    moba_layout_tiles(L, MOBA_FWD_TILE_ROWS, ftiles);
+    qsort(ftiles, (size_t)plan->num_ftiles, sizeof(moba_tile), heavier_first);
+    memcpy(host + plan->cu_seqlens, L->cu_seqlens, (size_t)(L->num_seqs + 1) * sizeof(int32_t));
+    int32_t *base = (int32_t *)(host + plan->full_base);
+    base[0] = 0;
+    for (int s = 0; s < L->num_seqs; s++) base[s + 1] = base[s] + moba_seq_full_blocks(L, s);
+    /* From pageable memory the copy is staged before cudaMemcpyAsync returns: host may be freed. */
+    cudaError_t err = cudaMemcpyAsync(ws, host, bytes, cudaMemcpyHostToDevice, (cudaStream_t)c->p->cuda_stream);
+    free(host);
+    MOBA_CUDA_TRY(err);
+    dl->tiles = (const moba_tile *)((char *)ws + plan->tiles);
+    dl->cu_seqlens = (const int32_t *)((char *)ws + plan->cu_seqlens);
+    dl->full_base = (const int32_t *)((char *)ws + plan->full_base);
+    dl->ftiles = (const moba_tile *)((char *)ws + plan->ftiles);
+    dl->num_tiles = plan->num_tiles;
+    dl->num_ftiles = plan->num_ftiles;
+    return MOBA_OK;
+}
+
+moba_status moba_cuda_route(const moba_call *c, const void *q, const void *k, int32_t *block_idx, void *ws) {
+    moba_status st = moba_cuda_supports(c->p->dtype, c->p->head_dim, c->p->block_size);
+    if (st != MOBA_OK) return st;
+    moba_cuda_plan plan;
+    moba_cuda_make_plan(c, MOBA_OP_ROUTE, &plan);
+    moba_cuda_layout dl;
+    st = moba_cuda_upload_layout(c, &plan, ws, &dl);
+    if (st != MOBA_OK) return st;
+    return moba_cuda_route_into(c, &plan, ws, &dl, q, k, block_idx, c->p->top_k);
+}
+
+moba_status moba_cuda_backward(const moba_call *c, const void *dout, const void *q, const void *k, const void *v,
+                               const void *o, const float *lse, void *dq, void *dk, void *dv, void *ws) {
+    return moba_fail(MOBA_ERR_UNSUPPORTED, "moba_backward: the CUDA backend has no backward pass yet (use the CPU "
+                     "backend)");
+}

@@ -1,0 +1,203 @@
+/*
+ * What the two forward kernels share (forward.cu: mma.sync, any GPU >= sm_80; forward_sm90.cu:
+ * wgmma, Hopper): the launch arguments, the union bitmap of a tile's selections, the walk over
+ * its (block, chunk) work items, and each row's walk over its own sorted selection.
+ */
+#ifndef MOBA_CUDA_FORWARD_H
+#define MOBA_CUDA_FORWARD_H
+
+#include <limits.h>
+
+#include "cuda.h"
+
+struct FwdArgs {
+    const void *q, *k, *v;
+    void *o;
+    float *lse;
+    const int32_t *sel; /* [Hq][total][stride]; NULL with mode != 0 */
+    moba_cuda_layout dl;
+    int64_t total;
+    int Hq, Hkv, group, B, stride;
+    int mode;           /* 0: routed selection, 1: every history block, 2: own block only */
+    float scale_log2;   /* softmax scale * log2(e) */
+};
+
+/* Hopper path (forward_sm90.cu): MOBA_ERR_UNSUPPORTED (no message) when it does not apply. */
+moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a);
+
+#ifdef __CUDACC__
+
+/* Next selected entry >= b of a row (pos indexes the tile's selection array, end = row's end). */
+__device__ __forceinline__ void advance_row(const int32_t *tsel, int end, int &pos, int &nxt, int b) {
+    while (nxt < b) {
+        pos++;
+        int e = pos < end ? __ldg(tsel + pos) : -1;
+        nxt = e < 0 ? INT_MAX : e;
+    }
+}
+
+/* The union of the tile's selections as a bitmap over blocks 0..j (all threads; ends synced). */
+__device__ __forceinline__ void build_union(const FwdArgs &a, const moba_tile &tile, int h, uint32_t *bitmap,
+                                            int tid, int threads) {
+    const int j = tile.block, words = j / 32 + 1, rows = (int)(tile.row_end - tile.row_begin);
+    for (int w = tid; w < words; w += threads) bitmap[w] = 0;
+    __syncthreads();
+    if (a.mode == 0) {
+        const int32_t *tsel = a.sel + ((int64_t)h * a.total + tile.row_begin) * a.stride;
+        for (int i = tid; i < rows * a.stride; i += threads) {
+            int e = __ldg(tsel + i);
+            if (e >= 0) atomicOr(&bitmap[e >> 5], 1u << (e & 31));
+        }
+    } else if (tid == 0) {
+        if (a.mode == 1) {
+            for (int w = 0; w < j / 32; w++) bitmap[w] = 0xffffffffu;
+            bitmap[j / 32] = (j % 32 == 31) ? 0xffffffffu : ((1u << (j % 32 + 1)) - 1u);
+        } else {
+            bitmap[j / 32] = 1u << (j % 32);
+        }
+    }
+    __syncthreads();
+}
+
+/* Work items (block b, chunk ci of BN keys) over the bitmap in increasing order; the own block
+ * stops at the tile's last query. Every thread walks the same items. */
+struct ChunkWalk {
+    const uint32_t *bitmap;
+    int words, j, B, BN, len, qlast;
+    int wi, b, ci, nch;
+    uint32_t bits;
+
+    __device__ __forceinline__ void init(const uint32_t *bm, int j_, int B_, int BN_, int len_, int qlast_) {
+        bitmap = bm, j = j_, B = B_, BN = BN_, len = len_, qlast = qlast_;
+        words = j / 32 + 1, wi = 0, b = -1, ci = 0, nch = 0, bits = bm[0];
+    }
+    __device__ __forceinline__ bool next() {
+        if (ci + 1 < nch) {
+            ci++;
+            return true;
+        }
+        while (bits == 0) {
+            if (++wi >= words) return false;
+            bits = bitmap[wi];
+        }
+        b = wi * 32 + __ffs(bits) - 1;
+        bits &= bits - 1;
+        ci = 0;
+        int kend = min(b * B + B, len);
+        if (b == j) kend = min(kend, qlast + 1);
+        nch = (kend - b * B + BN - 1) / BN;
+        return true;
+    }
+    /* first key position of the current chunk, and how many of its BN keys exist */
+    __device__ __forceinline__ int key0() const { return b * B + ci * BN; }
+    __device__ __forceinline__ int valid_keys() const { return min(BN, min(b * B + B, len) - key0()); }
+};
+
+/* Steps the walk and, if there is a next chunk, starts loading it into the other stage; then waits
+ * until the current chunk's copies (this thread's) have landed. Returns whether there is a next. */
+template <class Load>
+__device__ __forceinline__ bool prefetch_next(ChunkWalk &walk, Load &&load_item, int stage) {
+    const bool more = walk.next();
+    if (more) {
+        load_item(stage ^ 1);
+        moba_cp_async_wait<1>();
+    } else {
+        moba_cp_async_wait<0>();
+    }
+    return more;
+}
+
+/* One chunk of the FlashAttention update for this lane's two rows (r = 0: row g, r = 1: row g + 8)
+ * of a 16-row fragment: s [NT][4] holds raw scores <q, k> in the mma accumulator layout (column
+ * kcol0 + nt*8 + (e & 1), row r = e >> 1) and leaves with P = exp2(s*sl2 - m*sl2); m (raw max),
+ * l (this lane's partial row sums) and acc [DT][4] are rescaled. take_r: the row selected the
+ * chunk's block; diag: it is the rows' own block, so keys after the query (qpos0 + 8r) are masked. */
+template <int NT, int DT>
+__device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (&acc)[DT][4], float (&m)[2], float (&l)[2],
+                                               bool take0, bool take1, bool diag, int kcol0, int qpos0, float sl2) {
+    if (diag || !(take0 && take1)) {
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = e >> 1, kp = kcol0 + nt * 8 + (e & 1);
+                bool keep = (r ? take1 : take0) && (!diag || kp <= qpos0 + 8 * r);
+                if (!keep) s[nt][e] = -INFINITY;
+            }
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+    }
+    float alpha[2], base[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        float mnew = fmaxf(m[r], mx[r]);
+        /* rows with nothing yet keep m = -inf: subtract 0 then, so exp2 gives 0, not NaN */
+        alpha[r] = mnew == -INFINITY ? 1.0f : exp2f((m[r] - mnew) * sl2);
+        m[r] = mnew;
+        base[r] = mnew == -INFINITY ? 0.0f : mnew * sl2;
+    }
+    float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[nt][e] = exp2f(fmaf(s[nt][e], sl2, -base[e >> 1]));
+            sum[e >> 1] += s[nt][e];
+        }
+    l[0] = l[0] * alpha[0] + sum[0];
+    l[1] = l[1] * alpha[1] + sum[1];
+    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+        for (int nt = 0; nt < DT; nt++) {
+            acc[nt][0] *= alpha[0];
+            acc[nt][1] *= alpha[0];
+            acc[nt][2] *= alpha[1];
+            acc[nt][3] *= alpha[1];
+        }
+    }
+}
+
+/* Packs P (the S accumulators after online_softmax) into the A fragments of the P V product. */
+template <typename T, int NT>
+__device__ __forceinline__ void pack_p(const float (&s)[NT][4], uint32_t (&pa)[NT / 2][4]) {
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) {
+        pa[kk][0] = moba_pack<T>::two(s[2 * kk][0], s[2 * kk][1]);
+        pa[kk][1] = moba_pack<T>::two(s[2 * kk][2], s[2 * kk][3]);
+        pa[kk][2] = moba_pack<T>::two(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pa[kk][3] = moba_pack<T>::two(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+}
+
+/* Epilogue for this lane's rows: o = acc / l (l summed over the 4 lanes of a row), lse = m*scale + ln l. */
+template <typename T, int DT>
+__device__ __forceinline__ void store_rows(const FwdArgs &a, int h, int64_t t0, bool valid0, bool valid1,
+                                           const float (&acc)[DT][4], const float (&m)[2], const float (&l)[2],
+                                           int c) {
+    T *o = reinterpret_cast<T *>(a.o);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float lt = l[r];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        if (!(r ? valid1 : valid0)) continue;
+        const float inv = 1.0f / lt;
+        const int64_t t = t0 + 8 * r;
+        T *orow = o + (t * a.Hq + h) * (DT * 8);
+#pragma unroll
+        for (int nt = 0; nt < DT; nt++)
+            *reinterpret_cast<uint32_t *>(orow + nt * 8 + 2 * c) =
+                moba_pack<T>::two(acc[nt][2 * r] * inv, acc[nt][2 * r + 1] * inv);
+        if (a.lse && c == 0)
+            a.lse[(int64_t)h * a.total + t] = (m[r] * a.scale_log2 + log2f(lt)) * 0.69314718055994531f;
+    }
+}
+
+#endif /* __CUDACC__ */
+#endif

@@ -1,0 +1,235 @@
+/*
+ * GPU forward on Hopper (sm_90a): the same query-tile-major walk as forward.cu, with the two
+ * products on wgmma. A CTA of two warpgroups takes a tile of 128 query rows (64 per warpgroup)
+ * and shares each K/V chunk between them; a warpgroup none of whose rows needs a chunk skips it:
+ *     S = Q K^T   wgmma m64n64k16, Q and K from shared memory (both K-major)
+ *     O += P V    wgmma m64nDk16,  P from registers (the S accumulators, as in FA3), V from shared
+ *                 memory read MN-major (transposed), so V needs no transpose on the way in.
+ * Shared tiles use the 128-byte swizzle the tensor cores expect: a tile of R rows x D columns is
+ * D/64 panels of R rows x 128 bytes; the 16-byte chunk ch of row r sits at chunk ch ^ (r % 8).
+ * cp.async fills them (generic proxy), so each thread fences to the async proxy before the barrier
+ * that precedes the wgmma that reads them.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "forward.h"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MOBA_WGMMA 1
+#include "wgmma_ops.inc"
+#endif
+
+#define SM90_WGS 2 /* warpgroups per CTA: MOBA_FWD_TILE_ROWS / 64 */
+#define SM90_THREADS (128 * SM90_WGS)
+#define SM90_BN 64
+
+/* Copies a [R x D] tile (global row stride `stride`) into the swizzled layout; rows >= valid -> 0.
+ * Thread t always copies 16-byte chunk t % (D/8) of rows t / (D/8) + p * (256 / (D/8)); that row step
+ * is a multiple of 8, so the swizzle (row % 8) and all offsets are fixed per thread: the address
+ * arithmetic is done once, not per copy (it was the kernel's busiest pipe, with spills). */
+template <int D, int R, typename T>
+__device__ __forceinline__ void load_sw128(char *base, const T *g, int64_t stride, int valid, int tid) {
+    constexpr int chunks = D / 8, step = SM90_THREADS / chunks;
+    static_assert(step % 8 == 0 && R % step == 0, "tile shape");
+    const int col8 = tid % chunks, r0 = tid / chunks;
+    char *dst = base + (col8 / 8) * (R * 128) + r0 * 128 + (((col8 % 8) ^ (r0 & 7)) << 4);
+    const T *src = g + (int64_t)r0 * stride + col8 * 8;
+    const int64_t src_step = (int64_t)step * stride;
+#pragma unroll
+    for (int p = 0; p < R / step; p++) {
+        bool ok = r0 + p * step < valid;
+        moba_cp_async16(dst + p * step * 128, ok ? src + p * src_step : g, ok);
+    }
+}
+
+/* wgmma shared-memory descriptor, 128-byte swizzle: start address, leading and stride byte offsets. */
+__device__ __forceinline__ uint64_t sw128_desc(const char *p, uint32_t lbo, uint32_t sbo) {
+    uint32_t addr = moba_smem_addr(p);
+    return (uint64_t)((addr & 0x3ffff) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
+           (1ull << 62);
+}
+
+#ifdef MOBA_WGMMA
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit_wait() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+/* Keeps the compiler from moving accumulator reads across the asynchronous wgmma. */
+template <int N> __device__ __forceinline__ void fence_regs(float *r) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <typename T> struct wg;
+template <> struct wg<__nv_bfloat16> {
+    static __device__ __forceinline__ void ss64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_ss_n64_bf16(d, a, b, acc); }
+    static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_bf16(d, a, b); }
+    static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_bf16(d, a, b); }
+};
+template <> struct wg<__half> {
+    static __device__ __forceinline__ void ss64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_ss_n64_f16(d, a, b, acc); }
+    static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_f16(d, a, b); }
+    static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_f16(d, a, b); }
+};
+#endif
+
+/* MINB: CTAs per SM the registers are budgeted for (2: 128 registers, a few spills for d = 128;
+ * 1: no spills, half the warps). */
+template <typename T, int D, int MINB>
+__global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdArgs a) {
+#ifdef MOBA_WGMMA
+    constexpr int BN = SM90_BN, ROWS = 64; /* rows per warpgroup */
+    constexpr int Q_BYTES = ROWS * D * 2, KV_BYTES = BN * D * 2;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023); /* swizzle atoms: 1 KiB aligned */
+    char *sQ = smem, *sK = sQ + SM90_WGS * Q_BYTES, *sV = sK + 2 * KV_BYTES;
+    uint32_t *need = reinterpret_cast<uint32_t *>(sV + 2 * KV_BYTES); /* [warps] does a warp need the chunk */
+    uint32_t *bitmap = need + SM90_WGS * 4;
+
+    const moba_tile tile = a.dl.ftiles[blockIdx.x];
+    const int h = blockIdx.y, hk = h / a.group, tid = threadIdx.x;
+    const int wgi = tid / 128, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    const int j = tile.block;
+    const int64_t seq0 = a.dl.cu_seqlens[tile.seq];
+    const int len = (int)(a.dl.cu_seqlens[tile.seq + 1] - seq0);
+    const int rows = (int)(tile.row_end - tile.row_begin);
+    const int qpos0 = (int)(tile.row_begin - seq0);
+    const T *kg = reinterpret_cast<const T *>(a.k), *vg = reinterpret_cast<const T *>(a.v);
+    const int64_t kv_stride = (int64_t)a.Hkv * D;
+
+    for (int w = 0; w < SM90_WGS; w++) /* one swizzled 64-row Q tile per warpgroup */
+        load_sw128<D, ROWS>(sQ + w * Q_BYTES,
+                            reinterpret_cast<const T *>(a.q) + ((tile.row_begin + w * ROWS) * a.Hq + h) * D,
+                            (int64_t)a.Hq * D, rows - w * ROWS, tid);
+    moba_cp_async_commit();
+    build_union(a, tile, h, bitmap, tid, SM90_THREADS);
+
+    /* this lane's rows: warp*16 + g (r = 0) and + 8 (r = 1); its warpgroup's last row */
+    const int row0 = warp * 16 + g; /* warps 4..7 (second warpgroup) hold rows 64..127 */
+    const int32_t *tsel = a.mode == 0 ? a.sel + ((int64_t)h * a.total + tile.row_begin) * a.stride : NULL;
+    int pos[2], nxt[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        pos[r] = (row0 + 8 * r) * a.stride;
+        nxt[r] = (a.mode == 0 && row0 + 8 * r < rows) ? __ldg(tsel + pos[r]) : INT_MAX;
+    }
+
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float acc[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+
+    ChunkWalk walk;
+    walk.init(bitmap, j, a.B, BN, len, qpos0 + rows - 1);
+    auto load_item = [&](int stage) {
+        int64_t off = ((seq0 + walk.key0()) * a.Hkv + hk) * D;
+        load_sw128<D, BN>(sK + stage * KV_BYTES, kg + off, kv_stride, walk.valid_keys(), tid);
+        load_sw128<D, BN>(sV + stage * KV_BYTES, vg + off, kv_stride, walk.valid_keys(), tid);
+        moba_cp_async_commit();
+    };
+    walk.next();
+    load_item(0);
+    const int wg_last = qpos0 + min(wgi * ROWS + ROWS, rows) - 1; /* position of the warpgroup's last row */
+    for (int it = 0;; it++) {
+        const int cb = walk.b, kp0 = walk.key0(), stage = it & 1;
+        const bool more = prefetch_next(walk, load_item, stage);
+        bool take[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            take[r] = row0 + 8 * r < rows;
+            if (a.mode == 0) {
+                advance_row(tsel, (row0 + 8 * r + 1) * a.stride, pos[r], nxt[r], cb);
+                take[r] = take[r] && nxt[r] == cb;
+            }
+        }
+        const bool any = __any_sync(0xffffffffu, take[0] || take[1]);
+        if (lane == 0) need[warp] = any;
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        __syncthreads();
+        /* the warpgroup works on the chunk if any of its rows selected the block and, on the
+         * diagonal, the chunk starts at or before its last query (wgmma needs all 4 warps) */
+        const uint32_t *wn = need + wgi * 4;
+        const bool work = (wn[0] | wn[1] | wn[2] | wn[3]) && !(cb == j && kp0 > wg_last);
+        if (work) {
+
+        /* S = Q K^T: D/16 k-steps; k-step kk is 32 bytes into panel kk / 4 */
+        const char *k_s = sK + stage * KV_BYTES, *v_s = sV + stage * KV_BYTES, *q_s = sQ + wgi * Q_BYTES;
+        float s[BN / 8][4];
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint64_t dq = sw128_desc(q_s + (kk / 4) * (ROWS * 128) + (kk % 4) * 32, 16, 1024);
+            uint64_t dk = sw128_desc(k_s + (kk / 4) * (BN * 128) + (kk % 4) * 32, 16, 1024);
+            wg<T>::ss64(&s[0][0], dq, dk, kk > 0);
+        }
+        wg_commit_wait();
+        fence_regs<BN / 2>(&s[0][0]);
+
+        online_softmax(s, acc, m, l, take[0], take[1], cb == j, kp0 + 2 * c, qpos0 + row0, a.scale_log2);
+        uint32_t pa[BN / 16][4];
+        pack_p<T>(s, pa);
+
+        /* O += P V: k-step kk = keys 16kk..16kk+15 = 2048 bytes into the tile; panels of 64
+         * columns of V are BN * 128 bytes apart (leading offset), 8-key groups 1024 (stride). */
+        fence_regs<D / 2>(&acc[0][0]);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            uint64_t dv = sw128_desc(v_s + kk * 2048, BN * 128, 1024);
+            if (D == 128) wg<T>::rs128(&acc[0][0], pa[kk], dv);
+            else wg<T>::rs64(&acc[0][0], pa[kk], dv);
+        }
+        wg_commit_wait();
+        fence_regs<D / 2>(&acc[0][0]);
+        }
+        __syncthreads(); /* the stage is free for the load after next */
+        if (!more) break;
+    }
+    store_rows<T>(a, h, tile.row_begin + row0, row0 < rows, row0 + 8 < rows, acc, m, l, c);
+#else
+    __trap(); /* built for another target: the host never launches it there */
+#endif
+}
+
+template <typename T, int D, int MINB>
+static moba_status launch_sm90_occ(const moba_call *c, const FwdArgs &a) {
+    const moba_params *p = c->p;
+    size_t smem = 1024 + (size_t)(64 * SM90_WGS + 4 * SM90_BN) * D * 2 +
+                  (size_t)(SM90_WGS * 4 + c->L.max_blocks / 32 + 1) * sizeof(uint32_t);
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(moba_fwd_sm90_kernel<T, D, MINB>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((unsigned)a.dl.num_ftiles, p->num_q_heads);
+    moba_fwd_sm90_kernel<T, D, MINB><<<grid, SM90_THREADS, smem, (cudaStream_t)p->cuda_stream>>>(a);
+    MOBA_CUDA_LAUNCHED();
+    return MOBA_OK;
+}
+
+/* MOBA_CUDA_SM90_MINB=1 picks the one-CTA-per-SM build (measured against the default in docs/cuda.md). */
+template <typename T, int D>
+static moba_status launch_sm90(const moba_call *c, const FwdArgs &a) {
+    const char *e = getenv("MOBA_CUDA_SM90_MINB");
+    if (e && atoi(e) == 1) return launch_sm90_occ<T, D, 1>(c, a);
+    return launch_sm90_occ<T, D, 2>(c, a);
+}
+
+/* MOBA_CUDA_NO_WGMMA=1 forces the portable kernel (tests and benchmarks compare the two). */
+static int getenv_disabled(void) {
+    const char *e = getenv("MOBA_CUDA_NO_WGMMA");
+    return e && *e && *e != '0';
+}
+
+moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a) {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return MOBA_ERR_UNSUPPORTED;
+    }
+    if (major != 9 || minor != 0 || c->p->block_size % SM90_BN != 0 || getenv_disabled()) return MOBA_ERR_UNSUPPORTED;
+    int d = c->p->head_dim;
+    if (c->p->dtype == MOBA_DTYPE_BF16)
+        return d == 64 ? launch_sm90<__nv_bfloat16, 64>(c, a) : launch_sm90<__nv_bfloat16, 128>(c, a);
+    return d == 64 ? launch_sm90<__half, 64>(c, a) : launch_sm90<__half, 128>(c, a);
+}

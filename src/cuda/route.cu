@@ -1,0 +1,322 @@
+/*
+ * GPU routing: centroids, then each query row's top (top_k - 1) history blocks, fused.
+ *
+ *   centroid[hk][slot] = round_to_T( (sum_{r=0..B-1} k[t0 + r][hk]) / B )   fp32 sum in key order,
+ *                        exactly like the CPU, so both backends score the same centroids;
+ *   s_i = <q_t, centroid_i>  for history blocks i < j (fp32 accumulate on the tensor cores; the
+ *         products of two bf16/f16 numbers are exact in fp32, only the summation order differs
+ *         from the CPU, so the two can disagree on near-ties);
+ *   keep the best top_k - 1 (ties -> lower i, NaN lowest), add j, write them in increasing order.
+ *
+ * One CTA scores a tile of 64 query rows (all in block j) against 64 centroids at a time (the next
+ * 64 loading meanwhile); the 64 x 64 scores go to shared memory only, never to global memory.
+ * Candidate lists: for top_k <= 17 two threads per row each keep a sorted list in registers (64-bit
+ * keys: score order, then lower block) behind a float threshold, so most scores cost one compare,
+ * and the two lists are merged at the end; larger top_k: one thread per row, a list in shared memory
+ * (or in the workspace when top_k - 1 > 192).
+ */
+#include <limits.h>
+
+#include "cuda.h"
+
+#define ROUTE_CHUNK 64                      /* centroids scored per step           */
+#define ROUTE_SMEM_LIST_MAX (96 * 1024)     /* candidate lists above this: global  */
+
+/* One thread per (centroid slot, dim) column; blocks of `d` threads, one CTA per (slot, kv head). */
+template <typename T>
+__global__ void centroid_kernel(const T *__restrict__ k, T *__restrict__ cent, const int32_t *__restrict__ cu,
+                                const int32_t *__restrict__ full_base, int num_seqs, int Hkv, int d, int B,
+                                int64_t total_full) {
+    int64_t slot = blockIdx.x;
+    int hk = blockIdx.y, x = threadIdx.x;
+    int lo = 0, hi = num_seqs - 1; /* last sequence s with full_base[s] <= slot */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (full_base[mid] <= slot) lo = mid;
+        else hi = mid - 1;
+    }
+    int64_t t0 = cu[lo] + (slot - full_base[lo]) * (int64_t)B;
+    const T *src = k + (t0 * Hkv + hk) * d + x;
+    int64_t step = (int64_t)Hkv * d;
+    /* The sum must stay sequential (bit-equal to the CPU); what is slow is the load latency, so
+     * 32 keys are loaded before they are added (B is a multiple of 16; the tail loop takes the rest). */
+    float sum = 0.0f;
+    int r = 0;
+    for (; r + 32 <= B; r += 32) {
+        T x[32];
+#pragma unroll
+        for (int u = 0; u < 32; u++) x[u] = src[(int64_t)(r + u) * step];
+#pragma unroll
+        for (int u = 0; u < 32; u++) sum += moba_pack<T>::to_f32(x[u]);
+    }
+    for (; r < B; r++) sum += moba_pack<T>::to_f32(src[(int64_t)r * step]);
+    cent[((int64_t)hk * total_full + slot) * d + x] = moba_pack<T>::from_f32(__fdiv_rn(sum, (float)B));
+}
+
+/* A float as an int that orders like the float, NaN lowest, -0 == +0. */
+__device__ __forceinline__ int order_key(float s) {
+    if (s != s) return INT_MIN;
+    if (s == 0.0f) return 0;
+    int b = __float_as_int(s);
+    return b >= 0 ? b : b ^ 0x7fffffff;
+}
+
+struct RouteArgs {
+    const void *q, *cent;
+    moba_cuda_layout dl;
+    int32_t *sel;
+    int64_t total, total_full;
+    int Hq, Hkv, group, k1, stride;
+    int2 *glists;     /* NULL: lists in shared memory */
+};
+
+/* Writes row `t`'s selection when every history block fits: 0..min(j,k1)-1, j, then -1. */
+__device__ __forceinline__ void write_all(int32_t *out, int j, int k1, int stride) {
+    int n = j < k1 ? j : k1;
+    for (int e = 0; e < stride; e++) out[e] = e < n ? e : (e == n ? j : -1);
+}
+
+/* Candidate of a row's list as one int64: score order key high, ~block low, so a larger value is a
+ * better candidate and equal scores rank the lower block first; every value is distinct. */
+__device__ __forceinline__ long long cand_key(int okey, int blk) {
+    return (long long)okey * 4294967296LL + (long long)(0xffffffffu - (unsigned)blk);
+}
+__device__ __forceinline__ int cand_block(long long key) { return (int)(0xffffffffu - (unsigned)(key & 0xffffffffLL)); }
+/* The score of a candidate key as a float; -inf for an empty slot or a NaN score (then nothing can
+ * be rejected by a float compare alone). */
+__device__ __forceinline__ float key_score(long long key) {
+    int ok = (int)(key >> 32); /* the order key: the low half is >= 0 */
+    if (key == LLONG_MIN || ok == INT_MIN) return -INFINITY;
+    return __int_as_float(ok >= 0 ? ok : ok ^ 0x7fffffff);
+}
+
+/* Bubble `key` into a descending list of KMAX registers. The first KMAX - k1 slots hold LLONG_MAX
+ * (never displaced), so only k1 entries are live, every index is a compile-time constant (the list
+ * stays in registers) and the threshold is always the last slot. */
+template <int KMAX>
+__device__ __forceinline__ void reg_insert(long long (&list)[KMAX], long long key) {
+#pragma unroll
+    for (int i = 0; i < KMAX; i++) {
+        long long cur = list[i];
+        bool take = key > cur;
+        list[i] = take ? key : cur;
+        key = take ? cur : key;
+    }
+}
+
+/* KMAX > 0: lists of up to KMAX entries in registers, two threads per row (halves of each chunk),
+ * merged at the end. KMAX == 0: one thread per row, lists in shared or global memory (any top_k). */
+template <typename T, int D, int KMAX>
+__global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const moba_tile tile = a.dl.tiles[blockIdx.x];
+    const int h = blockIdx.y, hk = h / a.group, tid = threadIdx.x;
+    const int j = tile.block, rows = (int)(tile.row_end - tile.row_begin), k1 = a.k1;
+    int32_t *out = a.sel + ((int64_t)h * a.total + tile.row_begin) * a.stride;
+
+    if (k1 == 0 || k1 >= j) { /* nothing to choose: every history block (or none) */
+        for (int r = tid; r < rows; r += blockDim.x) write_all(out + (int64_t)r * a.stride, j, k1, a.stride);
+        return;
+    }
+
+    T *sQ = reinterpret_cast<T *>(smem);
+    T *sC = sQ + MOBA_TILE_ROWS * (D + 8);                                   /* [2][64][D + 8] */
+    float *sS = reinterpret_cast<float *>(sC + 2 * ROUTE_CHUNK * (D + 8)); /* [64][65] */
+    int2 *list = a.glists ? a.glists + ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * MOBA_TILE_ROWS * k1
+                          : reinterpret_cast<int2 *>(sS + MOBA_TILE_ROWS * 65);
+    /* list[i * 64 + row] = (order key, block): row fastest, so the row threads hit distinct banks */
+
+    const T *q = reinterpret_cast<const T *>(a.q);
+    const T *cent = reinterpret_cast<const T *>(a.cent) +
+                    ((int64_t)hk * a.total_full + a.dl.full_base[tile.seq]) * D;
+    const int nchunks = (j + ROUTE_CHUNK - 1) / ROUTE_CHUNK;
+    auto load_chunk = [&](int ci) { /* centroids ci*64 .. into buffer ci % 2 */
+        int c0 = ci * ROUTE_CHUNK;
+        moba_load_tile<D, ROUTE_CHUNK, 128>(sC + (ci & 1) * ROUTE_CHUNK * (D + 8), cent + (int64_t)c0 * D, D,
+                                            min(ROUTE_CHUNK, j - c0), tid);
+        moba_cp_async_commit();
+    };
+    moba_load_tile<D, MOBA_TILE_ROWS, 128>(sQ, q + (tile.row_begin * a.Hq + h) * D, (int64_t)a.Hq * D, rows, tid);
+    moba_cp_async_commit();
+    load_chunk(0);
+    moba_cp_async_wait<0>();
+    __syncthreads();
+
+    const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    uint32_t qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        moba_ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * (D + 8) + kk * 16 +
+                                     (lane / 16) * 8);
+
+    int n = 0, thr = INT_MIN; /* memory lists: fill and (when full) the key of its last entry */
+    constexpr int KR = KMAX > 0 ? KMAX : 1;
+    long long rl[KR];
+#pragma unroll
+    for (int i = 0; i < KR; i++) rl[i] = i < KR - k1 ? LLONG_MAX : LLONG_MIN;
+    float thr_f = -INFINITY; /* register lists: scores below this cannot enter */
+    for (int ci = 0; ci < nchunks; ci++) {
+        const int c0 = ci * ROUTE_CHUNK, valid = min(ROUTE_CHUNK, j - c0);
+        moba_cp_async_wait<0>();
+        __syncthreads(); /* chunk ci has landed; the last scan of sS and reads of the other buffer are done */
+        if (ci + 1 < nchunks) load_chunk(ci + 1); /* lands while this chunk is scored and scanned */
+        const T *cbuf = sC + (ci & 1) * ROUTE_CHUNK * (D + 8);
+
+        float s[ROUTE_CHUNK / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < ROUTE_CHUNK / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+            for (int np = 0; np < ROUTE_CHUNK / 16; np++) {
+                uint32_t b[4];
+                moba_ldmatrix_x4(b, cbuf + (np * 16 + (lane % 8) + (lane / 16) * 8) * (D + 8) + kk * 16 +
+                                        ((lane / 8) & 1) * 8);
+                moba_mma<T>(s[2 * np], qf[kk], b);
+                moba_mma<T>(s[2 * np + 1], qf[kk], b + 2);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < ROUTE_CHUNK / 8; nt++) {
+            float *r0 = sS + (warp * 16 + g) * 65 + nt * 8 + 2 * c, *r1 = r0 + 8 * 65;
+            r0[0] = s[nt][0];
+            r0[1] = s[nt][1];
+            r1[0] = s[nt][2];
+            r1[1] = s[nt][3];
+        }
+        __syncthreads();
+
+        if (KMAX > 0) {
+            const int row = tid % MOBA_TILE_ROWS, half = tid / MOBA_TILE_ROWS;
+            if (row < rows) {
+                const float *mine = sS + row * 65;
+                const int i1 = min(valid, (half + 1) * (ROUTE_CHUNK / 2));
+                for (int i = half * (ROUTE_CHUNK / 2); i < i1; i++) {
+                    const float sc = mine[i];
+                    if (sc < thr_f) continue; /* most candidates stop here (NaN goes on and loses below) */
+                    long long key = cand_key(order_key(sc), c0 + i);
+                    if (key > rl[KR - 1]) {
+                        reg_insert<KR>(rl, key);
+                        thr_f = key_score(rl[KR - 1]);
+                    }
+                }
+            }
+        } else if (tid < rows) {
+            const float *mine = sS + tid * 65;
+            for (int i = 0; i < valid; i++) {
+                int key = order_key(mine[i]);
+                if (n == k1 && key <= thr) continue; /* equal: the earlier block wins */
+                int pos = n < k1 ? n++ : k1 - 1;
+                while (pos > 0 && list[(pos - 1) * MOBA_TILE_ROWS + tid].x < key) {
+                    list[pos * MOBA_TILE_ROWS + tid] = list[(pos - 1) * MOBA_TILE_ROWS + tid];
+                    pos--;
+                }
+                list[pos * MOBA_TILE_ROWS + tid] = make_int2(key, c0 + i);
+                if (n == k1) thr = list[(k1 - 1) * MOBA_TILE_ROWS + tid].x;
+            }
+        }
+    }
+    __syncthreads(); /* every scan is done before sS is reused below */
+
+    if (KMAX > 0) {
+        /* merge: the second half's lists go through shared memory into the first half's */
+        long long *xfer = reinterpret_cast<long long *>(sS);  /* [KMAX][64], sS is free now */
+        const int row = tid % MOBA_TILE_ROWS, half = tid / MOBA_TILE_ROWS;
+        if (half == 1)
+#pragma unroll
+            for (int i = 0; i < KR; i++) xfer[i * MOBA_TILE_ROWS + row] = rl[i];
+        __syncthreads();
+        if (half == 0 && row < rows) {
+#pragma unroll
+            for (int i = 0; i < KR; i++)
+                if (i >= KR - k1) {
+                    long long key = xfer[i * MOBA_TILE_ROWS + row];
+                    if (key > rl[KR - 1]) reg_insert<KR>(rl, key);
+                }
+            /* block e goes to slot rank(e) = number of kept blocks below it */
+            int32_t *o = out + (int64_t)row * a.stride;
+#pragma unroll
+            for (int e = 0; e < KR; e++) {
+                if (rl[e] != LLONG_MAX) {
+                    int be = cand_block(rl[e]), rank = 0;
+#pragma unroll
+                    for (int f = 0; f < KR; f++) rank += (rl[f] != LLONG_MAX && cand_block(rl[f]) < be);
+                    o[rank] = be;
+                }
+            }
+            for (int e = k1; e < a.stride; e++) o[e] = e == k1 ? j : -1;
+        }
+        return;
+    }
+
+    if (tid < rows) { /* blocks in increasing order (insertion sort: k1 is small), then j, then -1 */
+        for (int i = 1; i < k1; i++) {
+            int2 e = list[i * MOBA_TILE_ROWS + tid];
+            int p = i;
+            while (p > 0 && list[(p - 1) * MOBA_TILE_ROWS + tid].y > e.y) {
+                list[p * MOBA_TILE_ROWS + tid] = list[(p - 1) * MOBA_TILE_ROWS + tid];
+                p--;
+            }
+            list[p * MOBA_TILE_ROWS + tid] = e;
+        }
+        int32_t *o = out + (int64_t)tid * a.stride;
+        for (int e = 0; e < a.stride; e++) o[e] = e < k1 ? list[e * MOBA_TILE_ROWS + tid].y : (e == k1 ? j : -1);
+    }
+}
+
+int moba_cuda_topk_list_fits_smem(int k1) { return (size_t)MOBA_TILE_ROWS * k1 * sizeof(int2) <= ROUTE_SMEM_LIST_MAX; }
+
+template <typename T, int D, int KMAX>
+static moba_status launch_route_k(const RouteArgs &a, dim3 grid, size_t smem, cudaStream_t stream) {
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(route_kernel<T, D, KMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)smem));
+    route_kernel<T, D, KMAX><<<grid, 128, smem, stream>>>(a);
+    MOBA_CUDA_LAUNCHED();
+    return MOBA_OK;
+}
+
+template <typename T, int D>
+static moba_status launch_route(const moba_call *c, const moba_cuda_plan *plan, void *ws, const moba_cuda_layout *dl,
+                                const void *q, const void *k, int32_t *sel, int stride) {
+    const moba_params *p = c->p;
+    cudaStream_t stream = (cudaStream_t)p->cuda_stream;
+    int k1 = p->top_k - 1;
+    T *cent = reinterpret_cast<T *>((char *)ws + plan->centroids);
+    int need_centroids = !c->full_attention && k1 > 0 && c->L.total_full_blocks > 0;
+    if (need_centroids) {
+        dim3 grid((unsigned)c->L.total_full_blocks, p->num_kv_heads);
+        centroid_kernel<T><<<grid, D, 0, stream>>>(reinterpret_cast<const T *>(k), cent, dl->cu_seqlens, dl->full_base,
+                                                   p->num_seqs, p->num_kv_heads, D, p->block_size,
+                                                   c->L.total_full_blocks);
+        MOBA_CUDA_LAUNCHED();
+    }
+    RouteArgs a;
+    a.q = q;
+    a.cent = cent;
+    a.dl = *dl;
+    a.sel = sel;
+    a.total = c->L.total_tokens;
+    a.total_full = c->L.total_full_blocks;
+    a.Hq = p->num_q_heads;
+    a.Hkv = p->num_kv_heads;
+    a.group = c->group;
+    a.k1 = k1 < c->L.max_blocks ? k1 : c->L.max_blocks; /* more than every block: "all" */
+    a.stride = stride;
+    a.glists = plan->lists_in_global ? reinterpret_cast<int2 *>((char *)ws + plan->topk_lists) : NULL;
+    size_t smem = (size_t)(MOBA_TILE_ROWS + 2 * ROUTE_CHUNK) * (D + 8) * sizeof(T) + MOBA_TILE_ROWS * 65 * sizeof(float);
+    dim3 grid((unsigned)plan->num_tiles, p->num_q_heads);
+    if (a.k1 <= 4) return launch_route_k<T, D, 4>(a, grid, smem, stream);
+    if (a.k1 <= 16) return launch_route_k<T, D, 16>(a, grid, smem, stream);
+    if (!a.glists) smem += (size_t)MOBA_TILE_ROWS * a.k1 * sizeof(int2);
+    return launch_route_k<T, D, 0>(a, grid, smem, stream);
+}
+
+moba_status moba_cuda_route_into(const moba_call *c, const moba_cuda_plan *plan, void *ws, const moba_cuda_layout *dl,
+                                 const void *q, const void *k, int32_t *sel, int stride) {
+    int d = c->p->head_dim;
+    if (c->p->dtype == MOBA_DTYPE_BF16)
+        return d == 64 ? launch_route<__nv_bfloat16, 64>(c, plan, ws, dl, q, k, sel, stride)
+                       : launch_route<__nv_bfloat16, 128>(c, plan, ws, dl, q, k, sel, stride);
+    return d == 64 ? launch_route<__half, 64>(c, plan, ws, dl, q, k, sel, stride)
+                   : launch_route<__half, 128>(c, plan, ws, dl, q, k, sel, stride);
+}

@@ -1,0 +1,68 @@
+#!/bin/bash
+# One call on the GPU machine: build a copy of this tree, then the phases named in the arguments
+# (default: test sanitize bench):
+#   test      tests/gpu: test_cuda_forward (every dim x dtype x varlen x GQA x block size) and
+#             test_cuda_golden on .golden/ (a copy of ../shared/golden's bf16 case; carry it)
+#   sanitize  compute-sanitizer memcheck and racecheck on the quick subset (MOBA_GPU_TEST_QUICK=1)
+#   (test and sanitize run twice: the default dispatch, and MOBA_CUDA_NO_WGMMA=1 = portable kernel only)
+#   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
+#   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
+# Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
+# as its tests/CMakeLists.txt, so tests being written elsewhere in the tree cannot break this run.
+set -u
+OUT=${OUT:-/tmp/moba-out}
+mkdir -p "$OUT"
+phases=${*:-test sanitize bench}
+ROOT=$(pwd)
+SRC=/tmp/moba-src
+rm -rf "$SRC" && mkdir -p "$SRC"
+tar --exclude='./build*' --exclude=./.git -cf - . | tar -C "$SRC" -xf -
+cp tests/gpu/standalone_tests.cmake "$SRC/tests/CMakeLists.txt"
+if ! grep -q 'enable_language(CUDA)' "$SRC/CMakeLists.txt"; then  # see docs/cuda.md: the root must enable CUDA
+  sed -i 's/^    set(MOBA_WITH_CUDA ON)/    set(MOBA_WITH_CUDA ON)\n    enable_language(CUDA)\n    find_package(CUDAToolkit REQUIRED)/' \
+    "$SRC/CMakeLists.txt"
+fi
+cd "$SRC"
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv;
+  nvcc --version | tail -1; python3 -c 'import torch; print("torch", torch.__version__)';
+  sha256sum src/cuda/*.cu src/cuda/*.h | sha256sum | cut -c1-16 | sed 's/^/src\/cuda sha256: /'; } \
+  > "$OUT/info.txt" 2>&1
+cat "$OUT/info.txt"
+if ! { cmake -S . -B build -G Ninja -DMOBA_BUILD_TOOLS=OFF -DCMAKE_BUILD_TYPE=Release &&
+       cmake --build build -j16; } > "$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+echo "build ok"
+for phase in $phases; do
+  case $phase in
+  test)
+    for v in 0 1; do  # 0: default (wgmma on Hopper where the block size allows), 1: mma.sync kernel only
+      MOBA_CUDA_NO_WGMMA=$v ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
+      echo "test_cuda_forward MOBA_CUDA_NO_WGMMA=$v rc=$?" | tee -a "$OUT/tests.log"
+      cat /tmp/t.log >> "$OUT/tests.log"
+      grep -E "FAILED|routing:|passed" /tmp/t.log | head -12
+      awk '/o err/ {split($0,a,"o err "); split(a[2],b," "); if (b[1]>m) m=b[1]} END {print "max o err", m}' /tmp/t.log
+    done
+    ./build/tests/gpu/test_cuda_golden "$ROOT/.golden" > /tmp/t.log 2>&1; echo "test_cuda_golden rc=$?" | tee -a "$OUT/tests.log"
+    cat /tmp/t.log >> "$OUT/tests.log"; tail -3 /tmp/t.log ;;
+  sanitize)
+    for tool in memcheck racecheck; do
+      for v in 0 1; do
+        MOBA_CUDA_NO_WGMMA=$v MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
+          ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
+        echo "compute-sanitizer $tool MOBA_CUDA_NO_WGMMA=$v rc=$?" | tee -a "$OUT/sanitize.log"
+        cat /tmp/t.log >> "$OUT/sanitize.log"
+        grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED" /tmp/t.log | head -5
+      done
+    done ;;
+  variants)  # the kernel variants on the 'local' inputs, 3 repetitions each
+    for env in "" MOBA_CUDA_SM90_MINB=1 MOBA_CUDA_NO_WGMMA=1; do
+      echo "## variant: ${env:-default}" | tee -a "$OUT/variants.log"
+      env $env PYTHONUNBUFFERED=1 python3 bench/gpu/bench_forward.py --lib build/libmoba.so --quick --kinds local \
+        2>/dev/null | grep "^|" | tee -a "$OUT/variants.log"
+    done ;;
+  bench)
+    PYTHONUNBUFFERED=1 python3 bench/gpu/bench_forward.py --lib build/libmoba.so ${BENCH_ARGS:-} \
+      > "$OUT/bench.log" 2> "$OUT/bench.err"; echo "bench rc=$?"; tail -5 "$OUT/bench.err"; cat "$OUT/bench.log" ;;
+  esac
+done

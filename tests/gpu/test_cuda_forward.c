@@ -1,0 +1,179 @@
+/*
+ * The CUDA forward against the float64 reference, given the GPU's own routing.
+ *
+ * For every head dim x dtype x (one sequence | varlen) x (MHA | GQA | MQA) x block size, on fresh
+ * random inputs with the outputs poisoned first:
+ *   sel  = moba_route on the GPU          (must be well formed; share differing from the CPU's route
+ *                                          is reported, and rows that differ from the float64
+ *                                          route must be near-ties)
+ *   o, lse = moba_forward on the GPU      (every element written)
+ *   |o - ref(sel)| / |ref(sel)| < 1e-2 (bf16) or 2e-3 (f16), lse to 1e-4.
+ * Exit 77 (ctest SKIP_RETURN_CODE) when there is no CUDA device.
+ * MOBA_GPU_TEST_QUICK=1 runs a small subset (for compute-sanitizer).
+ */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "moba.h"
+#include "ref64.h"
+
+#define CUDA_OK(call)                                                                              \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        CHECK_FATAL(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));                   \
+    } while (0)
+
+static long long rows_total = 0, rows_diff_cpu = 0, rows_diff_ref = 0;
+
+static void *to_device(const void *host, size_t bytes) {
+    void *d = NULL;
+    CUDA_OK(cudaMalloc(&d, bytes ? bytes : 1));
+    if (bytes) CUDA_OK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+static int same_row(const int32_t *a, const int32_t *b, int n) { return memcmp(a, b, (size_t)n * 4) == 0; }
+
+static void run_case(moba_dtype dt, int d, const int *lens, int nseq, int hq, int hkv, int block, int topk,
+                     uint64_t seed) {
+    int32_t cu[16];
+    cu[0] = 0;
+    for (int s = 0; s < nseq; s++) cu[s + 1] = cu[s] + lens[s];
+    int64_t total = cu[nseq];
+    moba_params p;
+    moba_params_init(&p);
+    p.backend = MOBA_BACKEND_CUDA;
+    p.dtype = dt;
+    p.num_seqs = nseq;
+    p.total_tokens = total;
+    p.cu_seqlens = cu;
+    p.num_q_heads = hq;
+    p.num_kv_heads = hkv;
+    p.head_dim = d;
+    p.block_size = block;
+    p.top_k = topk;
+
+    size_t es = ref_dtype_size(dt), nq = (size_t)total * hq * d, nk = (size_t)total * hkv * d;
+    size_t nsel = (size_t)hq * total * topk, nl = (size_t)hq * total;
+    ref_rng rng;
+    ref_rng_seed(&rng, seed);
+    void *q = check_malloc(nq * es), *k = check_malloc(nk * es), *v = check_malloc(nk * es);
+    ref_fill_normal(&rng, dt, q, nq, 1.0);
+    ref_fill_normal(&rng, dt, k, nk, 1.0);
+    ref_fill_normal(&rng, dt, v, nk, 1.0);
+    void *o = check_malloc(nq * es);
+    float *lse = check_malloc(nl * 4);
+    int32_t *sel = check_malloc(nsel * 4), *sel_cpu = check_malloc(nsel * 4), *sel_ref = check_malloc(nsel * 4);
+    ref_poison(dt, o, nq);
+    ref_poison(MOBA_DTYPE_F32, lse, nl);
+    ref_poison_i32(sel, nsel);
+
+    void *dq = to_device(q, nq * es), *dk = to_device(k, nk * es), *dv = to_device(v, nk * es);
+    void *dout = to_device(o, nq * es), *dlse = to_device(lse, nl * 4), *dsel = to_device(sel, nsel * 4);
+
+    char name[160];
+    snprintf(name, sizeof name, "%s d=%d seqs=%d total=%lld hq=%d hkv=%d B=%d topk=%d",
+             dt == MOBA_DTYPE_BF16 ? "bf16" : "f16", d, nseq, (long long)total, hq, hkv, block, topk);
+
+    moba_status st = moba_route(&p, dq, dk, (int32_t *)dsel, NULL, 0);
+    CHECK(st == MOBA_OK, "%s: moba_route: %s", name, moba_last_error());
+    st = moba_forward(&p, dq, dk, dv, dout, (float *)dlse, NULL, 0);
+    CHECK(st == MOBA_OK, "%s: moba_forward: %s", name, moba_last_error());
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemcpy(o, dout, nq * es, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(lse, dlse, nl * 4, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(sel, dsel, nsel * 4, cudaMemcpyDeviceToHost));
+
+    char why[256];
+    int sel_ok = ref_check_selection(&p, sel, why, sizeof why) == 0;
+    CHECK(sel_ok, "%s: GPU selection malformed: %s", name, why);
+    size_t unwritten = ref_count_poison(dt, o, nq), unwritten_lse = ref_count_poison(MOBA_DTYPE_F32, lse, nl);
+    CHECK(unwritten == 0, "%s: %zu elements of o not written", name, unwritten);
+    CHECK(unwritten_lse == 0, "%s: %zu elements of lse not written", name, unwritten_lse);
+
+    double *q64 = ref_load(dt, q, nq), *k64 = ref_load(dt, k, nk), *v64 = ref_load(dt, v, nk);
+    double *o_ref = check_malloc(nq * sizeof(double)), *lse_ref = check_malloc(nl * sizeof(double));
+    double *margin = check_malloc(nl * sizeof(double));
+    if (sel_ok) {
+        ref_forward_sel(&p, sel, q64, k64, v64, o_ref, lse_ref);
+        double eo = ref_rel_err_storage(dt, o, o_ref, nq), el = ref_rel_err_f32(lse, lse_ref, nl);
+        double tol = dt == MOBA_DTYPE_BF16 ? 1e-2 : 2e-3;
+        CHECK(eo < tol, "%s: o relative error %.3e >= %.1e", name, eo, tol);
+        CHECK(el < 1e-4, "%s: lse relative error %.3e >= 1e-4", name, el);
+        printf("%-62s o err %.2e  lse err %.2e\n", name, eo, el);
+    }
+
+    /* routing agreement: with the CPU backend, and with float64 (where differing rows must be ties) */
+    moba_params pc = p;
+    pc.backend = MOBA_BACKEND_CPU;
+    st = moba_route(&pc, q, k, sel_cpu, NULL, 0);
+    CHECK(st == MOBA_OK, "%s: CPU moba_route: %s", name, moba_last_error());
+    ref_route(&p, q64, k64, sel_ref, margin);
+    int bad_ties = 0;
+    for (size_t r = 0; r < nl; r++) {
+        rows_total++;
+        if (st == MOBA_OK && !same_row(sel + r * topk, sel_cpu + r * topk, topk)) rows_diff_cpu++;
+        if (!same_row(sel + r * topk, sel_ref + r * topk, topk)) {
+            rows_diff_ref++;
+            if (margin[r] > 1e-3) bad_ties++;
+        }
+    }
+    CHECK(bad_ties == 0, "%s: %d rows route differently from float64 with a margin > 1e-3", name, bad_ties);
+
+    free(q64), free(k64), free(v64), free(o_ref), free(lse_ref), free(margin);
+    free(q), free(k), free(v), free(o), free(lse), free(sel), free(sel_cpu), free(sel_ref);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(dsel);
+}
+
+static void check_unsupported(void) {
+    moba_status st = moba_backend_supports(MOBA_BACKEND_CUDA, MOBA_DTYPE_F32, 128, 64);
+    CHECK(st == MOBA_ERR_UNSUPPORTED && strlen(moba_last_error()) > 0, "f32 must be UNSUPPORTED with a message");
+    st = moba_backend_supports(MOBA_BACKEND_CUDA, MOBA_DTYPE_BF16, 96, 64);
+    CHECK(st == MOBA_ERR_UNSUPPORTED && strstr(moba_last_error(), "96"), "head_dim 96: %s", moba_last_error());
+    st = moba_backend_supports(MOBA_BACKEND_CUDA, MOBA_DTYPE_F16, 64, 24);
+    CHECK(st == MOBA_ERR_UNSUPPORTED && strstr(moba_last_error(), "24"), "block 24: %s", moba_last_error());
+    st = moba_backend_supports(MOBA_BACKEND_CUDA, MOBA_DTYPE_BF16, 128, 48);
+    CHECK(st == MOBA_OK, "bf16 d=128 B=48 must be supported: %s", moba_last_error());
+}
+
+int main(void) {
+    if (!moba_backend_available(MOBA_BACKEND_CUDA)) {
+        printf("SKIP: no CUDA device (or libmoba built without CUDA)\n");
+        return 77;
+    }
+    const char *quick_env = getenv("MOBA_GPU_TEST_QUICK");
+    int quick = quick_env && atoi(quick_env) > 0;
+    check_unsupported();
+
+    static const int one[] = {777}, var[] = {300, 1, 517, 64, 129, 200};
+    static const int heads[3][2] = {{2, 2}, {4, 2}, {3, 1}}; /* MHA, GQA, MQA */
+    static const int blocks[] = {16, 48, 64, 128};
+    uint64_t seed = 1234;
+    for (int di = 0; di < 2; di++)
+        for (int ti = 0; ti < 2; ti++)
+            for (int vi = 0; vi < 2; vi++)
+                for (int hi = 0; hi < 3; hi++)
+                    for (int bi = 0; bi < 4; bi++) {
+                        if (quick && (hi != vi || bi % 2 != di)) continue;
+                        run_case(ti ? MOBA_DTYPE_F16 : MOBA_DTYPE_BF16, di ? 128 : 64, vi ? var : one, vi ? 6 : 1,
+                                 heads[hi][0], heads[hi][1], blocks[bi], 3, seed++);
+                    }
+    /* top_k edge cases: own block only, more than half, every block (full causal attention) */
+    static const int topks[] = {1, 2, 7, 1000, 40}; /* 40: candidate lists in shared memory */
+    for (int i = 0; i < 5; i++)
+        run_case(i % 2 ? MOBA_DTYPE_F16 : MOBA_DTYPE_BF16, 128, var, 6, 4, 2, i == 4 ? 16 : 64, topks[i], seed++);
+    /* a longer sequence: many blocks, several chunks of centroids per row */
+    if (!quick) {
+        static const int longer[] = {5000};
+        run_case(MOBA_DTYPE_BF16, 128, longer, 1, 2, 1, 16, 5, seed++);
+        run_case(MOBA_DTYPE_F16, 64, longer, 1, 2, 2, 16, 200, seed++); /* lists in global memory */
+    }
+    printf("routing: %lld of %lld rows (%.4f%%) differ from the CPU backend, %lld (%.4f%%) from float64\n",
+           rows_diff_cpu, rows_total, 100.0 * rows_diff_cpu / (rows_total ? rows_total : 1), rows_diff_ref,
+           100.0 * rows_diff_ref / (rows_total ? rows_total : 1));
+    return check_done("test_cuda_forward");
+}

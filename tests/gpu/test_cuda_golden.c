@@ -1,0 +1,78 @@
+/*
+ * The CUDA forward on the bf16 golden case(s) made by the published reference (../shared/golden):
+ * o and the reference's o must agree to 1.5e-2 relative (both are rounded to bf16), o must be fully
+ * written. Usage: test_cuda_golden GOLDEN_DIR. Exit 77 without a CUDA device.
+ */
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "moba.h"
+#include "npy.h"
+#include "ref64.h"
+
+static npy_array load(const char *dir, const char *name, const char *file) {
+    char path[1024], err[256];
+    npy_array a;
+    snprintf(path, sizeof path, "%s/%s/%s", dir, name, file);
+    CHECK_FATAL(npy_load(path, &a, err, sizeof err) == 0, "%s: %s", path, err);
+    return a;
+}
+
+/* One bf16 case; the parameters are those of its case.json (see ../shared/golden). */
+static void run_golden(const char *dir, const char *name, int hq, int hkv, int d, int block, int topk) {
+    npy_array q = load(dir, name, "q.npy"), k = load(dir, name, "k.npy"), v = load(dir, name, "v.npy");
+    npy_array o_ref = load(dir, name, "o.npy"), cu = load(dir, name, "cu_seqlens.npy");
+    CHECK_FATAL(strcmp(q.descr, "<u2") == 0 && strcmp(cu.descr, "<i4") == 0, "%s: unexpected dtypes", name);
+    moba_params p;
+    moba_params_init(&p);
+    p.backend = MOBA_BACKEND_CUDA;
+    p.dtype = MOBA_DTYPE_BF16;
+    p.num_seqs = (int)cu.count - 1;
+    p.cu_seqlens = (const int32_t *)cu.data;
+    p.total_tokens = p.cu_seqlens[p.num_seqs];
+    p.num_q_heads = hq;
+    p.num_kv_heads = hkv;
+    p.head_dim = d;
+    p.block_size = block;
+    p.top_k = topk;
+    CHECK_FATAL(q.count == (size_t)p.total_tokens * hq * d, "%s: q has %zu elements", name, q.count);
+
+    size_t nq = q.count, nk = k.count, nl = (size_t)hq * p.total_tokens;
+    void *dq, *dk, *dv, *dout;
+    float *dlse;
+    cudaMalloc(&dq, nq * 2), cudaMalloc(&dk, nk * 2), cudaMalloc(&dv, nk * 2), cudaMalloc(&dout, nq * 2);
+    cudaMalloc((void **)&dlse, nl * 4);
+    cudaMemcpy(dq, q.data, nq * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(dk, k.data, nk * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(dv, v.data, nk * 2, cudaMemcpyHostToDevice);
+    uint16_t *o = check_malloc(nq * 2);
+    ref_poison(MOBA_DTYPE_BF16, o, nq);
+    cudaMemcpy(dout, o, nq * 2, cudaMemcpyHostToDevice);
+
+    moba_status st = moba_forward(&p, dq, dk, dv, dout, dlse, NULL, 0);
+    CHECK(st == MOBA_OK, "%s: moba_forward: %s", name, moba_last_error());
+    cudaError_t ce = cudaDeviceSynchronize();
+    CHECK(ce == cudaSuccess, "%s: %s", name, cudaGetErrorString(ce));
+    cudaMemcpy(o, dout, nq * 2, cudaMemcpyDeviceToHost);
+    CHECK(ref_count_poison(MOBA_DTYPE_BF16, o, nq) == 0, "%s: o not fully written", name);
+    double *ref = ref_load(MOBA_DTYPE_BF16, o_ref.data, nq);
+    double err = ref_rel_err_storage(MOBA_DTYPE_BF16, o, ref, nq);
+    printf("golden %s: o relative error vs the reference %.3e\n", name, err);
+    CHECK(err < 1.5e-2, "%s: o relative error %.3e >= 1.5e-2", name, err);
+    free(ref), free(o);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse);
+    npy_free(&q), npy_free(&k), npy_free(&v), npy_free(&o_ref), npy_free(&cu);
+}
+
+int main(int argc, char **argv) {
+    if (!moba_backend_available(MOBA_BACKEND_CUDA)) {
+        printf("SKIP: no CUDA device (or libmoba built without CUDA)\n");
+        return 77;
+    }
+    CHECK_FATAL(argc == 2, "usage: test_cuda_golden GOLDEN_DIR");
+    run_golden(argv[1], "bf16_d128", 1, 1, 128, 128, 3); /* the only bf16 case; its case.json */
+    return check_done("test_cuda_golden");
+}
