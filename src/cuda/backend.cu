@@ -8,8 +8,9 @@
  *   cu_seqlens [num_seqs + 1] int32
  *   full_base  [num_seqs + 1] int32    first centroid slot of each sequence
  *   centroids  [Hkv][total_full_blocks][d]  storage dtype      (routing only)
- *   sel        [Hq][total][top_k] int32                       (forward with routing only)
+ *   sel        [Hq][total][top_k] int32                       (forward / backward with routing only)
  *   topk_lists [tiles][Hq][64][top_k - 1] int2   only when top_k is too large for shared memory
+ *   backward only, then: D, the inverted index and its sort's scratch (backward.cu: bwd_plan)
  */
 #include <stdlib.h>
 #include <string.h>
@@ -59,13 +60,15 @@ void moba_cuda_make_plan(const moba_call *c, moba_op op, moba_cuda_plan *plan) {
     off = align256(off + (size_t)(p->num_seqs + 1) * sizeof(int32_t));
     plan->full_base = off;
     off = align256(off + (size_t)(p->num_seqs + 1) * sizeof(int32_t));
-    int route = op == MOBA_OP_ROUTE || (op == MOBA_OP_FORWARD && needs_routing(c));
+    /* the backward recomputes the forward's routing, so it needs the same pieces */
+    int fwd = op == MOBA_OP_FORWARD || op == MOBA_OP_BACKWARD;
+    int route = op == MOBA_OP_ROUTE || (fwd && needs_routing(c));
     plan->centroids = off;
     if (route && needs_routing(c))
         off = align256(off + (size_t)p->num_kv_heads * (size_t)c->L.total_full_blocks * p->head_dim * es);
     plan->sel = off;
     plan->sel_stride = c->slots;
-    if (op == MOBA_OP_FORWARD && route)
+    if (fwd && route)
         off = align256(off + (size_t)p->num_q_heads * (size_t)c->L.total_tokens * c->slots * sizeof(int32_t));
     plan->topk_lists = off;
     int k1 = p->top_k - 1;
@@ -73,13 +76,19 @@ void moba_cuda_make_plan(const moba_call *c, moba_op op, moba_cuda_plan *plan) {
         plan->lists_in_global = 1;
         off = align256(off + (size_t)plan->num_tiles * p->num_q_heads * MOBA_TILE_ROWS * k1 * 2 * sizeof(int32_t));
     }
-    plan->total = op == MOBA_OP_BACKWARD ? 0 : off;
+    plan->total = off; /* the backward's own pieces follow (backward.cu) */
 }
+
+/* backward.cu: the end of the backward's pieces laid out from `off`, and the backward itself */
+size_t moba_cuda_backward_workspace_end(const moba_call *c, size_t off);
+moba_status moba_cuda_backward_run(const moba_call *c, const moba_cuda_plan *plan, void *ws,
+                                   const moba_cuda_layout *dl, const void *dout, const void *q, const void *k,
+                                   const void *v, const void *o, const float *lse, void *dq, void *dk, void *dv);
 
 size_t moba_cuda_workspace_size(const moba_call *c, moba_op op) {
     moba_cuda_plan plan;
     moba_cuda_make_plan(c, op, &plan);
-    return plan.total;
+    return op == MOBA_OP_BACKWARD ? moba_cuda_backward_workspace_end(c, plan.total) : plan.total;
 }
 
 moba_status moba_cuda_alloc(const moba_call *c, size_t bytes, void **ptr) {
@@ -141,8 +150,20 @@ moba_status moba_cuda_route(const moba_call *c, const void *q, const void *k, in
     return moba_cuda_route_into(c, &plan, ws, &dl, q, k, block_idx, c->p->top_k);
 }
 
+/* Backward: routing recomputed as in the forward, then D, the inverted index and the gradients
+ * (backward.cu). Deterministic whatever p->deterministic says: nothing is summed with atomics. */
 moba_status moba_cuda_backward(const moba_call *c, const void *dout, const void *q, const void *k, const void *v,
                                const void *o, const float *lse, void *dq, void *dk, void *dv, void *ws) {
-    return moba_fail(MOBA_ERR_UNSUPPORTED, "moba_backward: the CUDA backend has no backward pass yet (use the CPU "
-                     "backend)");
+    const moba_params *p = c->p;
+    moba_status st = moba_cuda_supports(p->dtype, p->head_dim, p->block_size);
+    if (st != MOBA_OK) return st;
+    if ((size_t)(c->L.max_blocks / 32 + 1) * 4 > 64 * 1024)
+        return moba_fail(MOBA_ERR_UNSUPPORTED, "moba_backward: CUDA backend: a sequence of %d blocks is too long for "
+                         "the block bitmap (at most %d blocks)", c->L.max_blocks, 64 * 1024 * 8);
+    moba_cuda_plan plan;
+    moba_cuda_make_plan(c, MOBA_OP_BACKWARD, &plan);
+    moba_cuda_layout dl;
+    st = moba_cuda_upload_layout(c, &plan, ws, &dl);
+    if (st != MOBA_OK) return st;
+    return moba_cuda_backward_run(c, &plan, ws, &dl, dout, q, k, v, o, lse, dq, dk, dv);
 }

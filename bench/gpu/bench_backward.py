@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""MoBA CUDA forward+backward vs dense causal SDPA forward+backward, on the same bf16 inputs (one
+sequence, d=128, the four sizes of bench_forward.py).
+
+    python3 bench/gpu/bench_backward.py [--lib build/libmoba.so] [--quick] [--only I] [--kinds random,local]
+
+Prints per size and input kind: SDPA fwd+bwd and MoBA fwd+bwd times (median of CUDA event timings;
+MoBA's forward includes routing and its backward recomputes the routing), the speedup, MoBA's
+backward alone and its share, and the backward's workspace relative to q, k, v, o, lse, do.
+Inputs as in bench_forward.py (make_inputs). Needs PyTorch with CUDA and libmoba built with CUDA.
+"""
+import argparse
+import ctypes
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_forward import CUDA, BF16, D, OP_FORWARD, TARGETS, Params, check, load_lib, make_inputs, time_ms  # noqa
+
+OP_BACKWARD = 1
+TARGETS_FB = [t[:4] + (f,) for t, f in zip(TARGETS, (6.0, 8.0, 1.4, 6.0))]  # the backward issue's targets
+
+
+def run_case(lib, n, h, block, topk, target, kind, quick):
+    gen = torch.Generator(device="cuda").manual_seed(n + h + block + topk)
+    q, k, v = make_inputs(n, h, kind, gen)
+    do = torch.randn(n, h, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    o = torch.empty_like(q)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
+    cu = (ctypes.c_int32 * 2)(0, n)
+    p = Params()
+    lib.moba_params_init(ctypes.byref(p))
+    p.backend, p.dtype, p.num_seqs, p.total_tokens, p.cu_seqlens = CUDA, BF16, 1, n, cu
+    p.num_q_heads = p.num_kv_heads = h
+    p.head_dim, p.block_size, p.top_k = D, block, topk
+    p.cuda_stream = torch.cuda.current_stream().cuda_stream
+    fb, bb = ctypes.c_size_t(), ctypes.c_size_t()
+    check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_FORWARD, ctypes.byref(fb)), "workspace")
+    check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_BACKWARD, ctypes.byref(bb)), "workspace")
+    fws = torch.empty(max(fb.value, 1), device="cuda", dtype=torch.uint8)
+    bws = torch.empty(max(bb.value, 1), device="cuda", dtype=torch.uint8)
+
+    def fwd():
+        check(lib, lib.moba_forward(ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
+                                    lse.data_ptr(), fws.data_ptr(), fb.value), "moba_forward")
+
+    def bwd():
+        check(lib, lib.moba_backward(ctypes.byref(p), do.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                     o.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                     bws.data_ptr(), bb.value), "moba_backward")
+
+    def moba():
+        fwd()
+        bwd()
+
+    qd, kd, vd = (x.permute(1, 0, 2).unsqueeze(0).contiguous().requires_grad_() for x in (q, k, v))
+    dod = do.permute(1, 0, 2).unsqueeze(0).contiguous()
+
+    def dense():
+        out = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)
+        torch.autograd.grad(out, (qd, kd, vd), dod)
+
+    big = n * h >= 1 << 20
+    reps = 3 if (quick or big) else 10
+    t_dense = time_ms(dense, reps, warmup=1)
+    t_moba = time_ms(moba, reps, warmup=1)
+    fwd()
+    t_bwd = time_ms(bwd, reps, warmup=1)
+    # dq of the first block's rows (they attend only their own block, like dense) must match dense
+    first = min(n, block)
+    dqd = torch.autograd.grad(F.scaled_dot_product_attention(qd, kd, vd, is_causal=True), qd, dod)[0][0]
+    dqd = dqd.permute(1, 0, 2)[:first].float()
+    err = ((dq[:first].float() - dqd).norm() / dqd.norm()).item()
+    base = (5 * q.numel()) * 2 + lse.numel() * 4
+    return dict(n=n, h=h, B=block, k=topk, kind=kind, t_dense=t_dense, t_moba=t_moba, t_bwd=t_bwd,
+                speedup=t_dense / t_moba, target=target, mem=bb.value / base, err=err)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", default=os.path.join(os.path.dirname(__file__), "..", "..", "build", "libmoba.so"))
+    ap.add_argument("--quick", action="store_true", help="3 repetitions everywhere")
+    ap.add_argument("--only", type=int, default=-1, help="run only this target (0..3)")
+    ap.add_argument("--kinds", default="random,local", help="inputs, comma-separated: random, local, clustered")
+    args = ap.parse_args()
+    lib = load_lib(args.lib)
+    vp, sz = ctypes.c_void_p, ctypes.c_size_t
+    lib.moba_backward.argtypes = [ctypes.POINTER(Params)] + [vp] * 10 + [sz]
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, d={D}, one sequence, fwd+bwd")
+    rows = []
+    for i, (n, h, b, k, tgt) in enumerate(TARGETS_FB):
+        if args.only >= 0 and i != args.only:
+            continue
+        for kind in args.kinds.split(","):
+            r = run_case(lib, n, h, b, k, tgt, kind, args.quick)
+            rows.append(r)
+            print(f"  done {n} {h} {b} {k} {kind}: {r['speedup']:.2f}x", file=sys.stderr, flush=True)
+    hdr = ("N", "H", "B", "top_k", "input", "SDPA f+b ms", "MoBA f+b ms", "speedup", "target", "MoBA bwd ms",
+           "bwd share", "bwd workspace", "dq err(blk0)")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for r in rows:
+        print(f"| {r['n'] // 1024}K | {r['h']} | {r['B']} | {r['k']} | {r['kind']} | {r['t_dense']:.2f} | "
+              f"{r['t_moba']:.2f} | {r['speedup']:.2f}x | {r['target']:.1f}x | {r['t_bwd']:.2f} | "
+              f"{100 * r['t_bwd'] / r['t_moba']:.0f}% | {100 * r['mem']:.1f}% | {r['err']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

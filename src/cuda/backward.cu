@@ -1,0 +1,526 @@
+/*
+ * GPU backward (mma.sync m16n8k16, any GPU >= sm_80), deterministic by construction like the CPU
+ * backward (src/cpu/backward.c). With p_tc = exp(s <q_t,k_c> - lse_t) over the keys c row t attends:
+ *   D_t   = <do_t, o_t>
+ *   dv_c  = sum_t p_tc do_t
+ *   ds_tc = p_tc (<do_t, v_c> - D_t)
+ *   dq_t  = s sum_c ds_tc k_c,      dk_c = s sum_t ds_tc q_t
+ * Steps (all on the caller's stream):
+ *   0. routing, recomputed exactly as the forward does (route.cu) into sel [Hq][total][slots];
+ *   1. D per (q head, row): one warp per row, a fixed reduction order;
+ *   2. (routed calls only) an inverted index block -> rows: the selection entries as keys
+ *      (q head, global block) with the row as value, stably radix-sorted (CUB), so each key's rows
+ *      come out ascending; offsets by binary search. Full attention (every later row of the sequence)
+ *      and top_k = 1 (the rows of the block) need no index: the rows are one contiguous range;
+ *   3. dq: one CTA per (64-row query tile, q head) walks the union of its rows' selected blocks in
+ *      chunks of BN keys (forward.h's ChunkWalk), recomputes P from lse, dS = P (dP - D), dq += dS K;
+ *   4. dk, dv: one CTA per (64-key tile of one block, kv head) loops over the group's q heads and the
+ *      rows that selected the block, RC rows at a time gathered into shared memory, and accumulates
+ *      dv += P^T dO, dk += dS^T Q in registers.
+ * Every dq/dk/dv element is summed by one thread in a fixed order and nothing uses atomics, so the
+ * results are bitwise reproducible; the default and the deterministic mode are the same code.
+ */
+#include <math.h>
+
+#include <cub/device/device_radix_sort.cuh>
+
+#include "forward.h"
+
+#define BWD_THREADS 128
+#define BWD_TILE 64 /* query rows per dq tile, keys per dk/dv tile: the 64-row layout tiles */
+
+struct BwdArgs {
+    FwdArgs f;              /* q, k, v, sel, stride, mode, dl, sizes, scale_log2 (build_union reads it) */
+    const void *dout, *o;
+    const float *lse;
+    void *dq, *dk, *dv;
+    float *delta;           /* [Hq][total] */
+    const int32_t *row_off; /* [Hq * total_blocks + 1] (mode 0) */
+    const int32_t *rows;    /* rows of each (q head, block), ascending (mode 0) */
+    const int32_t *block_base; /* [num_seqs + 1] first global block of each sequence */
+    int64_t total_blocks;
+    float scale;
+};
+
+/* ---- workspace (after the forward's pieces; offsets in bytes, 256-aligned) ---- */
+
+struct BwdPlan {
+    size_t delta, block_base, keys_in, vals_in, keys_out, vals_out, row_off, cub_temp, cub_bytes, total;
+    int64_t items;  /* selection entries sorted (mode 0) */
+    int key_bits;   /* radix-sort bits (>= 1): keys are < 2^key_bits */
+};
+
+static size_t a256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+static int bwd_mode(const moba_call *c) { return c->full_attention ? 1 : (c->p->top_k == 1 ? 2 : 0); }
+
+/* Lays out the backward's own pieces from offset `off`; returns the end. */
+static size_t bwd_plan(const moba_call *c, size_t off, BwdPlan *bp) {
+    const moba_params *p = c->p;
+    memset(bp, 0, sizeof *bp);
+    bp->delta = off;
+    off = a256(off + (size_t)p->num_q_heads * c->L.total_tokens * sizeof(float));
+    if (bwd_mode(c) != 0) return bp->total = off;
+    bp->items = (int64_t)p->num_q_heads * c->L.total_tokens * c->slots;
+    int64_t keys = (int64_t)p->num_q_heads * c->L.total_blocks + 1; /* + the sentinel of empty slots */
+    bp->key_bits = 1;
+    while (bp->key_bits < 31 && ((int64_t)1 << bp->key_bits) < keys) bp->key_bits++;
+    size_t n = (size_t)bp->items * sizeof(int32_t);
+    bp->block_base = off;
+    off = a256(off + (size_t)(p->num_seqs + 1) * sizeof(int32_t));
+    bp->keys_in = off, off = a256(off + n);
+    bp->vals_in = off, off = a256(off + n);
+    bp->keys_out = off, off = a256(off + n);
+    bp->vals_out = off, off = a256(off + n);
+    bp->row_off = off;
+    off = a256(off + (size_t)keys * sizeof(int32_t));
+    size_t temp = 0;
+    if (bp->items > 0 && bp->items <= INT32_MAX &&
+        cub::DeviceRadixSort::SortPairs(NULL, temp, (const int32_t *)NULL, (int32_t *)NULL, (const int32_t *)NULL,
+                                        (int32_t *)NULL, (int)bp->items, 0, bp->key_bits) != cudaSuccess) {
+        cudaGetLastError(); /* no device: the call itself will say so */
+        temp = 0;
+    }
+    bp->cub_temp = off, bp->cub_bytes = temp;
+    off = a256(off + temp);
+    return bp->total = off;
+}
+
+size_t moba_cuda_backward_workspace_end(const moba_call *c, size_t off) {
+    BwdPlan bp;
+    return bwd_plan(c, off, &bp);
+}
+
+/* ---- step 1: D ---- */
+
+template <typename T>
+__global__ void delta_kernel(const T *__restrict__ dout, const T *__restrict__ o, float *__restrict__ delta,
+                             int64_t total, int Hq, int d) {
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; /* (t, h) packed: t*Hq + h */
+    const int lane = threadIdx.x % 32;
+    if (row >= total * Hq) return;
+    const T *a = dout + row * d, *b = o + row * d;
+    float s = 0.0f;
+    for (int x = lane; x < d; x += 32) s += moba_pack<T>::to_f32(a[x]) * moba_pack<T>::to_f32(b[x]);
+#pragma unroll
+    for (int w = 16; w > 0; w /= 2) s += __shfl_xor_sync(0xffffffffu, s, w);
+    if (lane == 0) delta[(row % Hq) * total + row / Hq] = s;
+}
+
+/* ---- step 2: the inverted index ---- */
+
+/* Entry i of sel ([Hq][total][stride]) -> key (h * total_blocks + global block), value t. */
+__global__ void index_keys_kernel(const int32_t *__restrict__ sel, const int32_t *__restrict__ cu,
+                                  const int32_t *__restrict__ block_base, int num_seqs, int64_t total, int stride,
+                                  int64_t total_blocks, int64_t items, int32_t sentinel, int32_t *keys,
+                                  int32_t *vals) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= items) return;
+    const int64_t ht = i / stride, t = ht % total, h = ht / total;
+    const int e = sel[i];
+    int lo = 0, hi = num_seqs - 1; /* the sequence of row t: last s with cu[s] <= t (and a non-empty one) */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (cu[mid] <= t) lo = mid;
+        else hi = mid - 1;
+    }
+    keys[i] = e < 0 ? sentinel : (int32_t)(h * total_blocks + block_base[lo] + e); /* empty slots sort last */
+    vals[i] = (int32_t)t;
+}
+
+/* row_off[key] = first sorted position with a key >= key. */
+__global__ void index_offsets_kernel(const int32_t *__restrict__ keys, int64_t items, int64_t nkeys,
+                                     int32_t *row_off) {
+    const int64_t kidx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (kidx >= nkeys) return;
+    int64_t lo = 0, hi = items;
+    while (lo < hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (keys[mid] < kidx) lo = mid + 1;
+        else hi = mid;
+    }
+    row_off[kidx] = (int32_t)lo;
+}
+
+/* ---- shared pieces of the two gradient kernels ---- */
+
+/* Copies rows s_rows[0..ROWS) (packed token indices, -1 = none: zero-filled) of one head of a
+ * [total][H][D] tensor into shared memory of row stride D + 8. */
+template <int D, int ROWS, typename T>
+__device__ __forceinline__ void gather_rows(T *smem, const T *g, const int32_t *s_rows, int64_t row_stride, int tid) {
+    constexpr int per_row = D / 8, step = BWD_THREADS / per_row;
+    static_assert(BWD_THREADS % per_row == 0 && ROWS % step == 0, "tile shape");
+    const int c = (tid % per_row) * 8, r0 = tid / per_row;
+#pragma unroll
+    for (int p = 0; p < ROWS / step; p++) {
+        const int r = r0 + p * step, t = s_rows[r];
+        moba_cp_async16(smem + r * (D + 8) + c, t >= 0 ? g + (int64_t)t * row_stride + c : g, t >= 0);
+    }
+}
+
+/* acc[DT][4] (+)= A[16 x KN] B[KN x D] with A given as KN/16 packed fragments and B row-major
+ * [KN][D + 8] in shared memory (ldmatrix .trans): the "P V" product of the forward. */
+template <typename T, int KN, int D>
+__device__ __forceinline__ void mma_a_bsmem(float (&acc)[D / 8][4], const uint32_t (&a)[KN / 16][4], const T *b,
+                                            int lane) {
+#pragma unroll
+    for (int kk = 0; kk < KN / 16; kk++)
+#pragma unroll
+        for (int dp = 0; dp < D / 16; dp++) {
+            uint32_t bv[4];
+            moba_ldmatrix_x4_trans(bv, b + (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * (D + 8) + dp * 16 +
+                                           (lane / 16) * 8);
+            moba_mma<T>(acc[2 * dp], a[kk], bv);
+            moba_mma<T>(acc[2 * dp + 1], a[kk], bv + 2);
+        }
+}
+
+/* s[N/8][4] = A[16 x D] X^T where A's row-major fragments come from a_frag(kk) and X is [N][D + 8] in
+ * shared memory: the "Q K^T" product of the forward. */
+template <typename T, int N, int D, class AF>
+__device__ __forceinline__ void mma_abt(float (&s)[N / 8][4], AF &&a_frag, const T *x, int lane) {
+#pragma unroll
+    for (int nt = 0; nt < N / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t a[4];
+        a_frag(a, kk);
+#pragma unroll
+        for (int np = 0; np < N / 16; np++) {
+            uint32_t b[4];
+            moba_ldmatrix_x4(b, x + (np * 16 + (lane % 8) + (lane / 16) * 8) * (D + 8) + kk * 16 + ((lane / 8) & 1) * 8);
+            moba_mma<T>(s[2 * np], a, b);
+            moba_mma<T>(s[2 * np + 1], a, b + 2);
+        }
+    }
+}
+
+/* Row-major A fragment (16 rows from row0, k columns kk*16..) from shared memory of stride D + 8. */
+template <int D, typename T>
+__device__ __forceinline__ void a_frag_smem(uint32_t *f, const T *base, int row0, int kk, int lane) {
+    moba_ldmatrix_x4(f, base + (row0 + (lane % 8) + ((lane / 8) & 1) * 8) * (D + 8) + kk * 16 + (lane / 16) * 8);
+}
+
+/* ---- step 3: dq per (query tile, q head) ---- */
+
+template <typename T, int D, int BN>
+__global__ void __launch_bounds__(BWD_THREADS) dq_kernel(BwdArgs a) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    T *sQ = reinterpret_cast<T *>(smem);
+    T *sO = sQ + BWD_TILE * (D + 8);      /* dO rows */
+    T *sK = sO + BWD_TILE * (D + 8);      /* [2][BN][D + 8] */
+    T *sV = sK + 2 * BN * (D + 8);        /* [2][BN][D + 8] */
+    uint32_t *bitmap = reinterpret_cast<uint32_t *>(sV + 2 * BN * (D + 8));
+
+    const FwdArgs &f = a.f;
+    const moba_tile tile = f.dl.tiles[blockIdx.x];
+    const int h = blockIdx.y, hk = h / f.group, tid = threadIdx.x;
+    const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    const int j = tile.block, B = f.B;
+    const int64_t seq0 = f.dl.cu_seqlens[tile.seq];
+    const int len = (int)(f.dl.cu_seqlens[tile.seq + 1] - seq0);
+    const int rows = (int)(tile.row_end - tile.row_begin);
+    const int qpos0 = (int)(tile.row_begin - seq0), qlast = qpos0 + rows - 1;
+    const T *kg = reinterpret_cast<const T *>(f.k), *vg = reinterpret_cast<const T *>(f.v);
+    const int64_t kv_stride = (int64_t)f.Hkv * D, q_off = (tile.row_begin * f.Hq + h) * D;
+
+    moba_load_tile<D, BWD_TILE, BWD_THREADS>(sQ, reinterpret_cast<const T *>(f.q) + q_off, (int64_t)f.Hq * D, rows, tid);
+    moba_load_tile<D, BWD_TILE, BWD_THREADS>(sO, reinterpret_cast<const T *>(a.dout) + q_off, (int64_t)f.Hq * D, rows,
+                                             tid);
+    moba_cp_async_commit();
+    build_union(f, tile, h, bitmap, tid, BWD_THREADS);
+    moba_cp_async_wait<0>();
+    __syncthreads();
+
+    /* this lane's rows: r = 0 -> tile row warp*16 + g, r = 1 -> + 8 */
+    const int32_t *tsel = f.mode == 0 ? f.sel + ((int64_t)h * f.total + tile.row_begin) * f.stride : NULL;
+    int pos[2], nxt[2];
+    float lse2[2], dlt[2];
+    for (int r = 0; r < 2; r++) {
+        const int row = warp * 16 + g + 8 * r;
+        const bool ok = row < rows;
+        pos[r] = row * f.stride;
+        nxt[r] = (f.mode == 0 && ok) ? __ldg(tsel + pos[r]) : INT_MAX;
+        lse2[r] = ok ? a.lse[(int64_t)h * f.total + tile.row_begin + row] * 1.4426950408889634f : 0.0f;
+        dlt[r] = ok ? a.delta[(int64_t)h * f.total + tile.row_begin + row] : 0.0f;
+    }
+    const int warp_last = min(qpos0 + warp * 16 + 15, qlast);
+    float acc[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+
+    ChunkWalk walk;
+    walk.init(bitmap, j, B, BN, len, qlast);
+    auto load_item = [&](int stage) {
+        int64_t off = ((seq0 + walk.key0()) * f.Hkv + hk) * D;
+        moba_load_tile<D, BN, BWD_THREADS>(sK + stage * BN * (D + 8), kg + off, kv_stride, walk.valid_keys(), tid);
+        moba_load_tile<D, BN, BWD_THREADS>(sV + stage * BN * (D + 8), vg + off, kv_stride, walk.valid_keys(), tid);
+        moba_cp_async_commit();
+    };
+    walk.next(); /* the own block j is always in the union */
+    load_item(0);
+    for (int it = 0;; it++) {
+        const int cb = walk.b, kp0 = walk.key0(), stage = it & 1;
+        const bool more = prefetch_next(walk, load_item, stage);
+        __syncthreads();
+
+        const bool diag = cb == j;
+        bool take[2], any = false;
+        for (int r = 0; r < 2; r++) {
+            const int row = warp * 16 + g + 8 * r;
+            take[r] = row < rows;
+            if (f.mode == 0) {
+                advance_row(tsel, (row + 1) * f.stride, pos[r], nxt[r], cb);
+                take[r] = take[r] && nxt[r] == cb;
+            }
+            any = any || take[r];
+        }
+        if (__any_sync(0xffffffffu, any) && !(diag && kp0 > warp_last)) {
+            const T *k_s = sK + stage * BN * (D + 8), *v_s = sV + stage * BN * (D + 8);
+            float s[BN / 8][4], dp[BN / 8][4];
+            mma_abt<T, BN, D>(s, [&](uint32_t *fr, int kk) { a_frag_smem<D>(fr, sQ, warp * 16, kk, lane); }, k_s, lane);
+            mma_abt<T, BN, D>(dp, [&](uint32_t *fr, int kk) { a_frag_smem<D>(fr, sO, warp * 16, kk, lane); }, v_s, lane);
+            /* P from lse, masked where the row did not select the block or (own block) the key is later */
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1, kp = kp0 + nt * 8 + 2 * c + (e & 1);
+                    const bool keep = take[r] && (!diag || kp <= qpos0 + warp * 16 + g + 8 * r);
+                    const float pr = keep ? exp2f(fmaf(s[nt][e], f.scale_log2, -lse2[r])) : 0.0f;
+                    s[nt][e] = pr * (dp[nt][e] - dlt[r]); /* dS */
+                }
+            uint32_t ds[BN / 16][4];
+            pack_p<T>(s, ds);
+            mma_a_bsmem<T, BN, D>(acc, ds, k_s, lane);
+        }
+        __syncthreads(); /* the stage is free for the load after next */
+        if (!more) break;
+    }
+
+    T *dq = reinterpret_cast<T *>(a.dq);
+    for (int r = 0; r < 2; r++) {
+        const int row = warp * 16 + g + 8 * r;
+        if (row >= rows) continue;
+        T *out = dq + ((tile.row_begin + row) * f.Hq + h) * D;
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++)
+            *reinterpret_cast<uint32_t *>(out + nt * 8 + 2 * c) =
+                moba_pack<T>::two(acc[nt][2 * r] * a.scale, acc[nt][2 * r + 1] * a.scale);
+    }
+}
+
+/* ---- step 4: dk, dv per (key tile, kv head) ---- */
+
+template <typename T, int D, int RC>
+__global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    T *sK = reinterpret_cast<T *>(smem);
+    T *sV = sK + BWD_TILE * (D + 8);
+    T *sQ = sV + BWD_TILE * (D + 8); /* RC gathered rows of q */
+    T *sO = sQ + RC * (D + 8);       /* and of dO */
+    float *s_lse2 = reinterpret_cast<float *>(sO + RC * (D + 8)), *s_dlt = s_lse2 + RC;
+    int32_t *s_rows = reinterpret_cast<int32_t *>(s_dlt + RC), *s_pos = s_rows + RC;
+
+    const FwdArgs &f = a.f;
+    const moba_tile tile = f.dl.tiles[blockIdx.x]; /* its rows are the keys here */
+    const int hk = blockIdx.y, tid = threadIdx.x;
+    const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    const int b = tile.block, B = f.B;
+    const int64_t seq0 = f.dl.cu_seqlens[tile.seq];
+    const int len = (int)(f.dl.cu_seqlens[tile.seq + 1] - seq0);
+    const int nkeys = (int)(tile.row_end - tile.row_begin);
+    const int kpos0 = (int)(tile.row_begin - seq0);
+    const int64_t kv_off = (tile.row_begin * f.Hkv + hk) * D;
+
+    moba_load_tile<D, BWD_TILE, BWD_THREADS>(sK, reinterpret_cast<const T *>(f.k) + kv_off, (int64_t)f.Hkv * D, nkeys,
+                                             tid);
+    moba_load_tile<D, BWD_TILE, BWD_THREADS>(sV, reinterpret_cast<const T *>(f.v) + kv_off, (int64_t)f.Hkv * D, nkeys,
+                                             tid);
+    moba_cp_async_commit();
+
+    float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[nt][e] = dv[nt][e] = 0.0f;
+    const bool warp_keys = warp * 16 < nkeys; /* warps past the tile's keys only help load */
+    const T *qg = reinterpret_cast<const T *>(f.q), *og = reinterpret_cast<const T *>(a.dout);
+
+    for (int gi = 0; gi < f.group; gi++) {
+        const int h = hk * f.group + gi;
+        /* this head's rows for the block: a list (routed) or a range (full attention, own block only) */
+        const int32_t *list = NULL;
+        int64_t first = tile.row_begin; /* rows before the tile's first key see none of its keys */
+        int count;
+        if (f.mode == 0) {
+            const int64_t key = (int64_t)h * a.total_blocks + a.block_base[tile.seq] + b;
+            list = a.rows + a.row_off[key];
+            count = a.row_off[key + 1] - a.row_off[key];
+        } else {
+            const int end = f.mode == 1 ? len : min(len, b * B + B);
+            count = (int)(seq0 + end - first);
+        }
+        for (int i0 = 0; i0 < count; i0 += RC) {
+            __syncthreads(); /* the previous rows' tiles are no longer read */
+            if (tid < RC) {
+                const int i = i0 + tid;
+                int32_t t = -1;
+                if (i < count) t = list ? __ldg(list + i) : (int32_t)(first + i);
+                s_rows[tid] = t;
+                s_pos[tid] = t >= 0 ? (int)(t - seq0) : -1;
+                s_lse2[tid] = t >= 0 ? a.lse[(int64_t)h * f.total + t] * 1.4426950408889634f : 0.0f;
+                s_dlt[tid] = t >= 0 ? a.delta[(int64_t)h * f.total + t] : 0.0f;
+            }
+            __syncthreads();
+            gather_rows<D, RC>(sQ, qg + (int64_t)h * D, s_rows, (int64_t)f.Hq * D, tid);
+            gather_rows<D, RC>(sO, og + (int64_t)h * D, s_rows, (int64_t)f.Hq * D, tid);
+            moba_cp_async_commit();
+            moba_cp_async_wait<0>();
+            __syncthreads();
+            if (!warp_keys) continue;
+
+            /* S^T and dP^T: this warp's 16 keys x RC rows */
+            float s[RC / 8][4], dp[RC / 8][4];
+            mma_abt<T, RC, D>(s, [&](uint32_t *fr, int kk) { a_frag_smem<D>(fr, sK, warp * 16, kk, lane); }, sQ, lane);
+            mma_abt<T, RC, D>(dp, [&](uint32_t *fr, int kk) { a_frag_smem<D>(fr, sV, warp * 16, kk, lane); }, sO, lane);
+            float pr[RC / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < RC / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int m = nt * 8 + 2 * c + (e & 1), kp = kpos0 + warp * 16 + g + 8 * (e >> 1);
+                    const int qp = s_pos[m];
+                    const float p = qp >= kp ? exp2f(fmaf(s[nt][e], f.scale_log2, -s_lse2[m])) : 0.0f;
+                    pr[nt][e] = p;
+                    s[nt][e] = p * (dp[nt][e] - s_dlt[m]); /* dS^T */
+                }
+            uint32_t pa[RC / 16][4], dsa[RC / 16][4];
+            pack_p<T>(pr, pa);
+            pack_p<T>(s, dsa);
+            mma_a_bsmem<T, RC, D>(dv, pa, sO, lane);
+            mma_a_bsmem<T, RC, D>(dk, dsa, sQ, lane);
+        }
+    }
+    moba_cp_async_wait<0>(); /* (a CTA with no rows at all still waits for its K/V copies) */
+
+    T *dkg = reinterpret_cast<T *>(a.dk), *dvg = reinterpret_cast<T *>(a.dv);
+    for (int r = 0; r < 2; r++) {
+        const int key = warp * 16 + g + 8 * r;
+        if (key >= nkeys) continue;
+        const int64_t off = ((tile.row_begin + key) * f.Hkv + hk) * D;
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) {
+            *reinterpret_cast<uint32_t *>(dkg + off + nt * 8 + 2 * c) =
+                moba_pack<T>::two(dk[nt][2 * r] * a.scale, dk[nt][2 * r + 1] * a.scale);
+            *reinterpret_cast<uint32_t *>(dvg + off + nt * 8 + 2 * c) = moba_pack<T>::two(dv[nt][2 * r], dv[nt][2 * r + 1]);
+        }
+    }
+}
+
+/* ---- launches ---- */
+
+template <typename T, int D>
+static moba_status launch_grads(const moba_call *c, const BwdArgs &a, int64_t num_tiles) {
+    const moba_params *p = c->p;
+    cudaStream_t stream = (cudaStream_t)p->cuda_stream;
+    /* dq: key chunks of 64 (d = 64) or 32 (d = 128) keys, 16 when the block size is not a multiple */
+    constexpr int BN = D == 128 ? 32 : 64;
+    const bool big = p->block_size % BN == 0;
+    size_t bitmap = (size_t)(c->L.max_blocks / 32 + 1) * sizeof(uint32_t);
+    size_t smem = (size_t)(2 * BWD_TILE + 4 * (big ? BN : 16)) * (D + 8) * sizeof(T) + bitmap;
+    dim3 grid((unsigned)num_tiles, p->num_q_heads);
+    if (big) {
+        MOBA_CUDA_TRY(cudaFuncSetAttribute(dq_kernel<T, D, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        dq_kernel<T, D, BN><<<grid, BWD_THREADS, smem, stream>>>(a);
+    } else {
+        MOBA_CUDA_TRY(cudaFuncSetAttribute(dq_kernel<T, D, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        dq_kernel<T, D, 16><<<grid, BWD_THREADS, smem, stream>>>(a);
+    }
+    MOBA_CUDA_LAUNCHED();
+    /* dk, dv: RC gathered rows per step (register budget: dk and dv accumulators of d columns) */
+    constexpr int RC = D == 128 ? 32 : 64;
+    smem = (size_t)(2 * BWD_TILE + 2 * RC) * (D + 8) * sizeof(T) + (size_t)RC * 4 * sizeof(int32_t);
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_kernel<T, D, RC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dkdv_kernel<T, D, RC><<<dim3((unsigned)num_tiles, p->num_kv_heads), BWD_THREADS, smem, stream>>>(a);
+    MOBA_CUDA_LAUNCHED();
+    return MOBA_OK;
+}
+
+moba_status moba_cuda_backward_run(const moba_call *c, const moba_cuda_plan *plan, void *ws,
+                                   const moba_cuda_layout *dl, const void *dout, const void *q, const void *k,
+                                   const void *v, const void *o, const float *lse, void *dq, void *dk, void *dv) {
+    const moba_params *p = c->p;
+    cudaStream_t stream = (cudaStream_t)p->cuda_stream;
+    char *w = (char *)ws;
+    BwdPlan bp;
+    bwd_plan(c, plan->total, &bp);
+    const int64_t total = c->L.total_tokens;
+
+    BwdArgs a;
+    memset(&a, 0, sizeof a);
+    FwdArgs &f = a.f;
+    f.q = q, f.k = k, f.v = v, f.o = NULL, f.lse = NULL;
+    f.dl = *dl;
+    f.total = total;
+    f.Hq = p->num_q_heads, f.Hkv = p->num_kv_heads, f.group = c->group, f.B = p->block_size;
+    f.scale_log2 = c->scale * 1.4426950408889634f;
+    f.mode = bwd_mode(c);
+    f.sel = NULL, f.stride = 0;
+    a.dout = dout, a.o = o, a.lse = lse, a.dq = dq, a.dk = dk, a.dv = dv;
+    a.delta = (float *)(w + bp.delta);
+    a.total_blocks = c->L.total_blocks;
+    a.scale = c->scale;
+
+    moba_status st;
+    if (f.mode == 0) {
+        if (bp.items > INT32_MAX || (int64_t)p->num_q_heads * c->L.total_blocks + 1 > INT32_MAX)
+            return moba_fail(MOBA_ERR_UNSUPPORTED, "moba_backward: CUDA backend: %lld selection entries are too many "
+                             "for the inverted index (at most %d)", (long long)bp.items, INT32_MAX);
+        int32_t *sel = (int32_t *)(w + plan->sel);
+        st = moba_cuda_route_into(c, plan, ws, dl, q, k, sel, plan->sel_stride);
+        if (st != MOBA_OK) return st;
+        f.sel = sel, f.stride = plan->sel_stride;
+        /* global block numbers of each sequence's first block */
+        int32_t *base = (int32_t *)malloc((size_t)(p->num_seqs + 1) * sizeof(int32_t));
+        if (!base) return moba_fail(MOBA_ERR_OUT_OF_MEMORY, "moba_backward: out of host memory");
+        base[0] = 0;
+        for (int s = 0; s < p->num_seqs; s++) base[s + 1] = base[s] + moba_seq_blocks(&c->L, s);
+        cudaError_t err = cudaMemcpyAsync(w + bp.block_base, base, (size_t)(p->num_seqs + 1) * sizeof(int32_t),
+                                          cudaMemcpyHostToDevice, stream);
+        free(base); /* pageable: staged before the call returns */
+        MOBA_CUDA_TRY(err);
+        int32_t *keys_in = (int32_t *)(w + bp.keys_in), *vals_in = (int32_t *)(w + bp.vals_in);
+        int32_t *keys_out = (int32_t *)(w + bp.keys_out), *vals_out = (int32_t *)(w + bp.vals_out);
+        const int64_t nkeys = (int64_t)p->num_q_heads * c->L.total_blocks + 1;
+        index_keys_kernel<<<(unsigned)((bp.items + 255) / 256), 256, 0, stream>>>(
+            sel, dl->cu_seqlens, (const int32_t *)(w + bp.block_base), p->num_seqs, total, f.stride,
+            c->L.total_blocks, bp.items, (int32_t)(nkeys - 1), keys_in, vals_in);
+        MOBA_CUDA_LAUNCHED();
+        size_t temp = bp.cub_bytes;
+        MOBA_CUDA_TRY(cub::DeviceRadixSort::SortPairs(w + bp.cub_temp, temp, keys_in, keys_out, vals_in, vals_out,
+                                                      (int)bp.items, 0, bp.key_bits, stream));
+        index_offsets_kernel<<<(unsigned)((nkeys + 255) / 256), 256, 0, stream>>>(keys_out, bp.items, nkeys,
+                                                                                (int32_t *)(w + bp.row_off));
+        MOBA_CUDA_LAUNCHED();
+        a.row_off = (const int32_t *)(w + bp.row_off);
+        a.rows = vals_out;
+        a.block_base = (const int32_t *)(w + bp.block_base);
+    }
+
+    const int d = p->head_dim;
+    const int64_t nrows = total * p->num_q_heads;
+    if (p->dtype == MOBA_DTYPE_BF16) {
+        if (nrows > 0)
+            delta_kernel<__nv_bfloat16><<<(unsigned)((nrows + 7) / 8), 256, 0, stream>>>(
+                (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)o, a.delta, total, p->num_q_heads, d);
+        MOBA_CUDA_LAUNCHED();
+        return d == 64 ? launch_grads<__nv_bfloat16, 64>(c, a, plan->num_tiles)
+                       : launch_grads<__nv_bfloat16, 128>(c, a, plan->num_tiles);
+    }
+    if (nrows > 0)
+        delta_kernel<__half><<<(unsigned)((nrows + 7) / 8), 256, 0, stream>>>((const __half *)dout, (const __half *)o,
+                                                                              a.delta, total, p->num_q_heads, d);
+    MOBA_CUDA_LAUNCHED();
+    return d == 64 ? launch_grads<__half, 64>(c, a, plan->num_tiles) : launch_grads<__half, 128>(c, a, plan->num_tiles);
+}

@@ -1,0 +1,232 @@
+/*
+ * The CUDA backward against the float64 reference, given the GPU's own routing.
+ *
+ * For every head dim x dtype x (one sequence | varlen with partial blocks and a length-1 sequence)
+ * x (MHA | GQA | MQA) x block size, top_k 3 (routed), plus top_k 1 (own block only), 7, 40 and
+ * "more than every block" (full causal attention), on fresh random inputs:
+ *   sel = moba_route, (o, lse) = moba_forward, then dq, dk, dv = moba_backward on the GPU with the
+ *   outputs poisoned first (every element must be written);
+ *   |x - ref_backward_sel(sel)| / |ref| < 2.5e-2 (bf16) or 4e-3 (f16) for x = dq, dk, dv;
+ *   a second run (deterministic = 1) is bitwise equal to the first (default mode).
+ * Then the bf16 golden case (argv[1]; ../shared/golden, made by the published reference): its dq, dk,
+ * dv against the GPU's (lse from the GPU forward), 2.5e-2.
+ * Exit 77 (ctest SKIP_RETURN_CODE) when there is no CUDA device.
+ * MOBA_GPU_TEST_QUICK=1 runs a small subset (for compute-sanitizer).
+ */
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "moba.h"
+#include "npy.h"
+#include "ref64.h"
+
+#define CUDA_OK(call)                                                                              \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        CHECK_FATAL(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));                   \
+    } while (0)
+
+static double worst[2][3]; /* [dtype f16?][dq dk dv] */
+
+static void *to_device(const void *host, size_t bytes) {
+    void *d = NULL;
+    CUDA_OK(cudaMalloc(&d, bytes ? bytes : 1));
+    if (bytes && host) CUDA_OK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+static void *from_device(const void *dev, size_t bytes) {
+    void *h = check_malloc(bytes ? bytes : 1);
+    if (bytes) CUDA_OK(cudaMemcpy(h, dev, bytes, cudaMemcpyDeviceToHost));
+    return h;
+}
+
+/* Device buffer of n storage elements holding the poison pattern. */
+static void *poisoned_device(moba_dtype dt, size_t n) {
+    size_t es = ref_dtype_size(dt);
+    void *h = check_malloc(n * es);
+    ref_poison(dt, h, n);
+    void *d = to_device(h, n * es);
+    free(h);
+    return d;
+}
+
+/* moba_backward into fresh poisoned buffers; returns them on the host. */
+static moba_status backward_once(const moba_params *p, void *d_do, void *d_q, void *d_k, void *d_v, void *d_o,
+                                 float *d_lse, void **dq, void **dk, void **dv) {
+    size_t es = ref_dtype_size(p->dtype), nq = (size_t)p->total_tokens * p->num_q_heads * p->head_dim;
+    size_t nk = (size_t)p->total_tokens * p->num_kv_heads * p->head_dim;
+    void *gq = poisoned_device(p->dtype, nq), *gk = poisoned_device(p->dtype, nk), *gv = poisoned_device(p->dtype, nk);
+    moba_status st = moba_backward(p, d_do, d_q, d_k, d_v, d_o, d_lse, gq, gk, gv, NULL, 0);
+    CUDA_OK(cudaDeviceSynchronize());
+    *dq = from_device(gq, nq * es), *dk = from_device(gk, nk * es), *dv = from_device(gv, nk * es);
+    cudaFree(gq), cudaFree(gk), cudaFree(gv);
+    return st;
+}
+
+static void run_case(moba_dtype dt, int d, const int *lens, int nseq, int hq, int hkv, int block, int topk,
+                     uint64_t seed) {
+    int32_t cu[16];
+    cu[0] = 0;
+    for (int s = 0; s < nseq; s++) cu[s + 1] = cu[s] + lens[s];
+    int64_t total = cu[nseq];
+    moba_params p;
+    moba_params_init(&p);
+    p.backend = MOBA_BACKEND_CUDA;
+    ref_set_problem(&p, dt, nseq, cu, hq, hkv, d, block, topk);
+
+    size_t es = ref_dtype_size(dt), nq = (size_t)total * hq * d, nk = (size_t)total * hkv * d;
+    size_t nsel = (size_t)hq * total * topk, nl = (size_t)hq * total;
+    ref_rng rng;
+    ref_rng_seed(&rng, seed);
+    void *q = check_malloc(nq * es), *k = check_malloc(nk * es), *v = check_malloc(nk * es);
+    void *dout = check_malloc(nq * es);
+    ref_fill_normal(&rng, dt, q, nq, 1.0);
+    ref_fill_normal(&rng, dt, k, nk, 1.0);
+    ref_fill_normal(&rng, dt, v, nk, 1.0);
+    ref_fill_normal(&rng, dt, dout, nq, 1.0);
+
+    char name[160];
+    snprintf(name, sizeof name, "%s d=%d seqs=%d total=%lld hq=%d hkv=%d B=%d topk=%d",
+             dt == MOBA_DTYPE_BF16 ? "bf16" : "f16", d, nseq, (long long)total, hq, hkv, block, topk);
+
+    void *gq = to_device(q, nq * es), *gk = to_device(k, nk * es), *gv = to_device(v, nk * es);
+    void *gdo = to_device(dout, nq * es), *go = poisoned_device(dt, nq);
+    float *glse = (float *)poisoned_device(MOBA_DTYPE_F32, nl);
+    int32_t *gsel = (int32_t *)to_device(NULL, nsel * 4);
+    moba_status st = moba_route(&p, gq, gk, gsel, NULL, 0);
+    CHECK(st == MOBA_OK, "%s: moba_route: %s", name, moba_last_error());
+    st = moba_forward(&p, gq, gk, gv, go, glse, NULL, 0);
+    CHECK(st == MOBA_OK, "%s: moba_forward: %s", name, moba_last_error());
+    CUDA_OK(cudaDeviceSynchronize());
+    int32_t *sel = (int32_t *)from_device(gsel, nsel * 4);
+    char why[256];
+    int sel_ok = ref_check_selection(&p, sel, why, sizeof why) == 0;
+    CHECK(sel_ok, "%s: GPU selection malformed: %s", name, why);
+
+    void *dq, *dk, *dv, *dq2, *dk2, *dv2;
+    st = backward_once(&p, gdo, gq, gk, gv, go, glse, &dq, &dk, &dv);
+    CHECK(st == MOBA_OK, "%s: moba_backward: %s", name, moba_last_error());
+    p.deterministic = 1;
+    moba_status st2 = backward_once(&p, gdo, gq, gk, gv, go, glse, &dq2, &dk2, &dv2);
+    CHECK(st2 == MOBA_OK, "%s: moba_backward (deterministic): %s", name, moba_last_error());
+    if (st == MOBA_OK && st2 == MOBA_OK) {
+        size_t uq = ref_count_poison(dt, dq, nq), uk = ref_count_poison(dt, dk, nk), uv = ref_count_poison(dt, dv, nk);
+        CHECK(uq + uk + uv == 0, "%s: unwritten elements: dq %zu dk %zu dv %zu", name, uq, uk, uv);
+        int same = memcmp(dq, dq2, nq * es) == 0 && memcmp(dk, dk2, nk * es) == 0 && memcmp(dv, dv2, nk * es) == 0;
+        CHECK(same, "%s: two runs are not bitwise equal", name);
+    }
+    if (sel_ok && st == MOBA_OK) {
+        double *q64 = ref_load(dt, q, nq), *k64 = ref_load(dt, k, nk), *v64 = ref_load(dt, v, nk);
+        double *do64 = ref_load(dt, dout, nq);
+        double *rq = check_malloc(nq * sizeof(double)), *rk = check_malloc(nk * sizeof(double)),
+               *rv = check_malloc(nk * sizeof(double));
+        ref_backward_sel(&p, sel, q64, k64, v64, do64, rq, rk, rv);
+        double e[3] = {ref_rel_err_storage(dt, dq, rq, nq), ref_rel_err_storage(dt, dk, rk, nk),
+                       ref_rel_err_storage(dt, dv, rv, nk)};
+        double tol = dt == MOBA_DTYPE_BF16 ? 2.5e-2 : 4e-3;
+        static const char *what[3] = {"dq", "dk", "dv"};
+        for (int i = 0; i < 3; i++) {
+            CHECK(e[i] < tol, "%s: %s relative error %.3e >= %.1e", name, what[i], e[i], tol);
+            int f16 = dt == MOBA_DTYPE_F16;
+            if (e[i] > worst[f16][i]) worst[f16][i] = e[i];
+        }
+        printf("%-62s dq %.2e dk %.2e dv %.2e\n", name, e[0], e[1], e[2]);
+        free(q64), free(k64), free(v64), free(do64), free(rq), free(rk), free(rv);
+    }
+    free(dq), free(dk), free(dv), free(dq2), free(dk2), free(dv2);
+    free(q), free(k), free(v), free(dout), free(sel);
+    cudaFree(gq), cudaFree(gk), cudaFree(gv), cudaFree(gdo), cudaFree(go), cudaFree(glse), cudaFree(gsel);
+}
+
+static npy_array load(const char *dir, const char *name, const char *file) {
+    char path[1024], err[256];
+    npy_array a;
+    snprintf(path, sizeof path, "%s/%s/%s", dir, name, file);
+    CHECK_FATAL(npy_load(path, &a, err, sizeof err) == 0, "%s: %s", path, err);
+    return a;
+}
+
+/* The bf16 golden case (parameters from its case.json): gradients against the published reference's. */
+static void run_golden(const char *dir, const char *name, int hq, int hkv, int d, int block, int topk) {
+    npy_array q = load(dir, name, "q.npy"), k = load(dir, name, "k.npy"), v = load(dir, name, "v.npy");
+    npy_array dout = load(dir, name, "do.npy"), cu = load(dir, name, "cu_seqlens.npy");
+    npy_array rq = load(dir, name, "dq.npy"), rk = load(dir, name, "dk.npy"), rv = load(dir, name, "dv.npy");
+    CHECK_FATAL(strcmp(q.descr, "<u2") == 0 && strcmp(rq.descr, "<u2") == 0 && strcmp(cu.descr, "<i4") == 0,
+                "%s: unexpected dtypes", name);
+    moba_params p;
+    moba_params_init(&p);
+    p.backend = MOBA_BACKEND_CUDA;
+    ref_set_problem(&p, MOBA_DTYPE_BF16, (int)cu.count - 1, (const int32_t *)cu.data, hq, hkv, d, block, topk);
+    CHECK_FATAL(q.count == (size_t)p.total_tokens * hq * d, "%s: q has %zu elements", name, q.count);
+    size_t nq = q.count, nk = k.count, nl = (size_t)hq * p.total_tokens;
+    void *gq = to_device(q.data, nq * 2), *gk = to_device(k.data, nk * 2), *gv = to_device(v.data, nk * 2);
+    void *gdo = to_device(dout.data, nq * 2), *go = poisoned_device(MOBA_DTYPE_BF16, nq);
+    float *glse = (float *)poisoned_device(MOBA_DTYPE_F32, nl);
+    moba_status st = moba_forward(&p, gq, gk, gv, go, glse, NULL, 0);
+    CHECK(st == MOBA_OK, "%s: moba_forward: %s", name, moba_last_error());
+    void *dq, *dk, *dv;
+    st = backward_once(&p, gdo, gq, gk, gv, go, glse, &dq, &dk, &dv);
+    CHECK(st == MOBA_OK, "%s: moba_backward: %s", name, moba_last_error());
+    if (st == MOBA_OK) {
+        const npy_array *ref[3] = {&rq, &rk, &rv};
+        void *got[3] = {dq, dk, dv};
+        static const char *what[3] = {"dq", "dk", "dv"};
+        printf("golden %s:", name);
+        for (int i = 0; i < 3; i++) {
+            double *r = ref_load(MOBA_DTYPE_BF16, ref[i]->data, ref[i]->count);
+            double e = ref_rel_err_storage(MOBA_DTYPE_BF16, got[i], r, ref[i]->count);
+            printf(" %s %.3e", what[i], e);
+            CHECK(e < 2.5e-2, "%s: %s relative error vs the reference %.3e >= 2.5e-2", name, what[i], e);
+            free(r);
+        }
+        printf("\n");
+    }
+    free(dq), free(dk), free(dv);
+    cudaFree(gq), cudaFree(gk), cudaFree(gv), cudaFree(gdo), cudaFree(go), cudaFree(glse);
+    npy_free(&q), npy_free(&k), npy_free(&v), npy_free(&dout), npy_free(&cu);
+    npy_free(&rq), npy_free(&rk), npy_free(&rv);
+}
+
+int main(int argc, char **argv) {
+    if (!moba_backend_available(MOBA_BACKEND_CUDA)) {
+        printf("SKIP: no CUDA device (or libmoba built without CUDA)\n");
+        return 77;
+    }
+    const char *quick_env = getenv("MOBA_GPU_TEST_QUICK");
+    int quick = quick_env && atoi(quick_env) > 0;
+
+    static const int one[] = {777}, var[] = {300, 1, 517, 64, 129, 200};
+    static const int heads[3][2] = {{2, 2}, {4, 2}, {3, 1}}; /* MHA, GQA, MQA */
+    static const int blocks[] = {16, 48, 64, 128};
+    uint64_t seed = 4321;
+    for (int di = 0; di < 2; di++)
+        for (int ti = 0; ti < 2; ti++)
+            for (int vi = 0; vi < 2; vi++)
+                for (int hi = 0; hi < 3; hi++)
+                    for (int bi = 0; bi < 4; bi++) {
+                        if (quick && (hi != vi + 1 || bi % 2 != di || ti)) continue;
+                        run_case(ti ? MOBA_DTYPE_F16 : MOBA_DTYPE_BF16, di ? 128 : 64, vi ? var : one, vi ? 6 : 1,
+                                 heads[hi][0], heads[hi][1], blocks[bi], 3, seed++);
+                    }
+    /* top_k: own block only, more than one, every block (full causal attention), large routed */
+    static const int topks[] = {1, 1000, 7, 40};
+    for (int di = 0; di < 2; di++)
+        for (int ti = 0; ti < 2; ti++)
+            for (int bi = 0; bi < 4; bi++)
+                for (int ki = 0; ki < 4; ki++) {
+                    if (ki >= 2 && bi != 0) continue; /* 7 and 40 routed blocks need small blocks */
+                    if (quick && (ti || bi != 1 + di || ki >= 2)) continue;
+                    run_case(ti ? MOBA_DTYPE_F16 : MOBA_DTYPE_BF16, di ? 128 : 64, var, 6, bi % 2 ? 3 : 4,
+                             bi % 2 ? 1 : 2, blocks[bi], topks[ki], seed++);
+                }
+    for (int f16 = 0; f16 < 2; f16++)
+        printf("worst relative error %s: dq %.2e dk %.2e dv %.2e\n", f16 ? "f16" : "bf16", worst[f16][0], worst[f16][1],
+               worst[f16][2]);
+    if (argc >= 2) run_golden(argv[1], "bf16_d128", 1, 1, 128, 128, 3); /* the bf16 case; its case.json */
+    else CHECK(0, "usage: test_cuda_backward GOLDEN_DIR");
+    return check_done("test_cuda_backward");
+}
