@@ -191,7 +191,8 @@ MOBA_API moba_status moba_cache_attend(const moba_cache_params *p, const int32_t
                                        void *o, float *lse, void *workspace, size_t workspace_bytes);
 
 /* Workspace bytes of moba_cache_attend for these params and lengths (NULL workspace: the library allocates).
- * 0 on the CPU backend. The CUDA backend has no decode path yet (MOBA_ERR_UNSUPPORTED). */
+ * 0 on the CPU backend. On CUDA the size depends on full_attention too: a workspace shared by MoBA and
+ * full-attention calls must have the larger of the two sizes. */
 MOBA_API moba_status moba_cache_workspace_size(const moba_cache_params *p, const int32_t *seq_lens,
                                                const int32_t *cu_q, size_t *bytes);
 

@@ -65,14 +65,14 @@ static moba_status check_layout(const char *fn, const moba_cache_params *p) {
         return MOBA_OK;
     }
 #if defined(MOBA_WITH_CUDA) && defined(MOBA_CUDA_DECODE)
+    if (!moba_backend_available(p->backend))
+        return moba_fail(MOBA_ERR_UNSUPPORTED, "%s: backend MOBA_BACKEND_CUDA is not available: no usable CUDA device", fn);
     moba_status st = moba_backend_supports(p->backend, p->dtype, p->head_dim, p->block_size);
     if (st != MOBA_OK) {
         char msg[400]; /* the message lives in the buffer moba_fail writes: copy it first */
         snprintf(msg, sizeof msg, "%s", moba_last_error());
         return moba_fail(st, "%s: %s", fn, msg);
     }
-    if (!moba_backend_available(p->backend))
-        return moba_fail(MOBA_ERR_UNSUPPORTED, "%s: backend MOBA_BACKEND_CUDA is not available: no usable CUDA device", fn);
     return MOBA_OK;
 #else
     return moba_fail(MOBA_ERR_UNSUPPORTED, "%s: backend MOBA_BACKEND_CUDA: %s", fn,

@@ -2,7 +2,9 @@
  * moba decode-bench: decode (serving) throughput of MoBA against full attention over the same KV cache.
  * Per context: --batch sequences of random tokens appended through moba_cache_append, then steps of
  * moba_cache_attend with one new query per sequence at position t = context - 1, MoBA and full_attention = 1.
- *   tokens/s = batch / seconds per step (best of --reps, new queries each step, cold caches on the CPU)
+ *   tokens/s = batch / seconds per step (best of --reps, new queries each step, cold caches on the CPU;
+ *              CUDA: --reps steps queued back to back with a preallocated workspace, one sync at the end,
+ *              as a serving loop runs them; the synchronous latency of one step is printed too)
  *   bound    = context / attended keys, attended = min(top_k - 1, t / B) * B + t % B + 1
  * The shared pieces (filling, timing) are in decode_cache.c.
  */
@@ -13,6 +15,7 @@
 #include "dtype.h"
 #include "opts.h"
 #include "outputs.h"
+#include "timer.h"
 
 #include <math.h>
 #include <omp.h>
@@ -25,6 +28,7 @@ static const char *cmd = "decode-bench";
 typedef struct {
     int64_t context, attended;
     double bound, full_s, moba_s; /* seconds per step */
+    double full_lat, moba_lat;    /* CUDA: one step, launched and waited for alone (0 on the CPU) */
 } decode_row;
 
 typedef struct {
@@ -47,9 +51,10 @@ static int write_json(FILE *f, const void *report) {
     for (int i = 0; i < o->num_contexts; i++) {
         const decode_row *r = &b->rows[i];
         fprintf(f, "    {\"context\": %lld, \"attended_keys\": %lld, \"bound\": %.4f, \"full_s\": %.6g, \"moba_s\": %.6g, "
-                   "\"full_tokens_per_s\": %.6g, \"moba_tokens_per_s\": %.6g, \"speedup\": %.4f}%s\n",
+                   "\"full_tokens_per_s\": %.6g, \"moba_tokens_per_s\": %.6g, \"speedup\": %.4f, \"full_latency_s\": %.6g, "
+                   "\"moba_latency_s\": %.6g}%s\n",
                 (long long)r->context, (long long)r->attended, r->bound, r->full_s, r->moba_s, o->batch / r->full_s,
-                o->batch / r->moba_s, r->full_s / r->moba_s, i + 1 < o->num_contexts ? "," : "");
+                o->batch / r->moba_s, r->full_s / r->moba_s, r->full_lat, r->moba_lat, i + 1 < o->num_contexts ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
     return 0;
@@ -58,11 +63,11 @@ static int write_json(FILE *f, const void *report) {
 /* Device buffers of one context; everything NULL-safe to free. */
 typedef struct {
     decode_cache c;
-    void *q, *o, *k_stage, *v_stage;
+    void *q, *o, *k_stage, *v_stage, *ws;
 } decode_buffers;
 
 static void buffers_free(device_kind dev, decode_buffers *b) {
-    void *on_device[] = {b->c.k, b->c.v, b->c.centroids, b->c.block_table, b->q, b->o, b->k_stage, b->v_stage};
+    void *on_device[] = {b->c.k, b->c.v, b->c.centroids, b->c.block_table, b->q, b->o, b->k_stage, b->v_stage, b->ws};
     for (size_t i = 0; i < sizeof on_device / sizeof on_device[0]; i++) device_free(dev, on_device[i]);
     free(b->c.table_host);
     free(b->c.seq_lens);
@@ -92,6 +97,31 @@ static moba_cache_params cache_params(const decode_bench_opts *o, device_kind de
     return p;
 }
 
+/* CUDA: reps steps queued back to back (query set r + 1 for step r, set 0 warms up), one wait at the end:
+ * seconds per step. 0; a moba_status > 0; or -1 with a message in err. */
+static int time_queued(const decode_cache *c, const char *q, size_t q_set_bytes, void *o, void *ws, size_t ws_bytes,
+                       int reps, double *per_step, char *err, size_t errlen) {
+    const int n = c->p.num_seqs;
+    int32_t *cu = malloc(sizeof(int32_t) * (n + 1));
+    if (!cu) return snprintf(err, errlen, "out of memory"), -1;
+    for (int s = 0; s <= n; s++) cu[s] = s;
+    int rc = 0;
+    double t0 = 0.0;
+    for (int r = -1; r < reps && !rc; r++) {
+        moba_status st = moba_cache_attend(&c->p, c->seq_lens, cu, q + (size_t)(r + 1) * q_set_bytes, c->k, c->v,
+                                           c->block_table, c->centroids, o, NULL, ws, ws_bytes);
+        if (st) rc = (int)st;
+        else if (r == -1) { /* after the warm-up: start the clock on an idle device */
+            if (cuda_mem_sync(err, errlen)) rc = -1;
+            t0 = timer_now();
+        }
+    }
+    if (!rc && cuda_mem_sync(err, errlen)) rc = -1;
+    *per_step = (timer_now() - t0) / reps;
+    free(cu);
+    return rc;
+}
+
 static int upload_cuda(void *dst, const void *src, size_t bytes, char *err, size_t errlen) {
     return device_upload(DEVICE_CUDA, dst, src, bytes, err, errlen);
 }
@@ -113,10 +143,14 @@ static int run_context(const decode_bench_opts *o, device_kind dev, moba_dtype d
     if (!cu || !c->seq_lens) return free(cu), cli_error(cmd, EXIT_RUNTIME, "out of memory");
     for (int s = 0; s <= n; s++) cu[s] = s;
     for (int s = 0; s < n; s++) c->seq_lens[s] = (int32_t)ctx;
-    size_t ws;
+    size_t ws, ws_full = 0;
     moba_status ms = moba_cache_workspace_size(&c->p, c->seq_lens, cu, &ws);
+    c->p.full_attention = 1; /* full attention splits more keys: it may need more */
+    if (!ms) ms = moba_cache_workspace_size(&c->p, c->seq_lens, cu, &ws_full);
+    c->p.full_attention = 0;
     free(cu);
     if (ms) return cli_library_error(cmd, NULL, ms);
+    if (ws_full > ws) ws = ws_full;
 
     cli_progress(cmd, "[%d/%d] context %lld: filling the cache", i + 1, o->num_contexts, (long long)ctx);
     size_t cache_bytes = decode_cache_elems(&c->p) * es;
@@ -160,11 +194,18 @@ static int run_context(const decode_bench_opts *o, device_kind dev, moba_dtype d
     decode_sync_fn sync = dev == DEVICE_CUDA ? cuda_mem_sync : NULL;
     const int evict = dev == DEVICE_CPU;
     const char *what[2] = {"full attention", "MoBA"};
-    double *secs[2] = {&row->full_s, &row->moba_s};
+    double *secs[2] = {&row->full_s, &row->moba_s}, *lat[2] = {&row->full_lat, &row->moba_lat};
+    if (dev == DEVICE_CUDA && ws > 0 && device_alloc(dev, ws, &b->ws, err, sizeof err))
+        return cli_error(cmd, EXIT_RUNTIME, "%s", err);
     for (int m = 0; m < 2; m++) {
         cli_progress(cmd, "[%d/%d] context %lld: %s", i + 1, o->num_contexts, (long long)ctx, what[m]);
         c->p.full_attention = m == 0;
-        rc = decode_time_attend(c, b->q, q_set * es, b->o, (int)o->reps, evict, sync, secs[m], err, sizeof err);
+        if (dev == DEVICE_CUDA) { /* queued steps (the throughput), then the latency of one step alone */
+            rc = time_queued(c, b->q, q_set * es, b->o, b->ws, ws, (int)o->reps, secs[m], err, sizeof err);
+            if (!rc) rc = decode_time_attend(c, b->q, q_set * es, b->o, (int)o->reps, evict, sync, lat[m], err, sizeof err);
+        } else {
+            rc = decode_time_attend(c, b->q, q_set * es, b->o, (int)o->reps, evict, sync, secs[m], err, sizeof err);
+        }
         if (rc > 0) return cli_library_error(cmd, what[m], (moba_status)rc);
         if (rc < 0) return cli_error(cmd, EXIT_RUNTIME, "%s: %s", what[m], err);
     }
@@ -186,7 +227,7 @@ int cmd_decode_bench(int argc, char **argv) {
     if (o.json && outputs_probe(o.json, err, sizeof err)) return cli_error(cmd, EXIT_USAGE, "--json %s: %s", o.json, err);
 
     int threads = o.threads ? (int)o.threads : omp_get_max_threads();
-    decode_row rows[DECODE_MAX_CONTEXTS];
+    decode_row rows[DECODE_MAX_CONTEXTS] = {{0}};
     for (int i = 0; i < o.num_contexts; i++) {
         decode_buffers b = {0};
         rc = run_context(&o, dev, dtype, i, &b, &rows[i]);
@@ -210,6 +251,10 @@ int cmd_decode_bench(int argc, char **argv) {
         printf("%9lld %9lld %7.1fx | %12.3f %12.1f | %12.3f %12.1f | %7.2fx\n", (long long)w->context, (long long)w->attended,
                w->bound, 1e3 * w->full_s, o.batch / w->full_s, 1e3 * w->moba_s, o.batch / w->moba_s, w->full_s / w->moba_s);
     }
+    if (dev == DEVICE_CUDA)
+        for (int i = 0; i < o.num_contexts; i++)
+            printf("context %lld: one step alone (launch to sync, library-allocated workspace): full %.3f ms, "
+                   "MoBA %.3f ms\n", (long long)rows[i].context, 1e3 * rows[i].full_lat, 1e3 * rows[i].moba_lat);
     printf("(one new token per sequence per step at position context - 1; tok/s = batch / step time;\n"
            " bound = context / attended keys, what a memory-bound decode could gain)\n");
     decode_report report = {&o, device_name(dev), dtype_name(dtype), threads, rows};

@@ -44,7 +44,10 @@ class KVCache:
             self._torch_device = None
         else:
             self._A = _ops.TorchTensors()
-            self._torch_device = self._A.torch.device(device)
+            dev = self._A.torch.device(device)
+            if dev.type == "cuda" and dev.index is None:  # "cuda" means the current GPU: pin it, as tensors do
+                dev = self._A.torch.device("cuda", self._A.torch.cuda.current_device())
+            self._torch_device = dev
         p = _lib.new_cache_params()
         p.dtype = _lib.DTYPE_CODES[self.dtype]
         p.num_seqs, p.capacity, p.page_size = num_seqs, capacity, page_size
