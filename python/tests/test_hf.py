@@ -356,21 +356,26 @@ def test_hf_cuda_bf16_full_topk_equals_sdpa():
 @pytest.mark.skipif(not torch.cuda.is_available() or not moba.backend_available("cuda"),
                     reason="needs a GPU and libmoba's CUDA backend")
 def test_hf_cuda_generate_decode():
-    # Greedy generation on the GPU (float32, top_k beyond the blocks): the decode steps run through a CUDA
-    # KVCache, or, while the CUDA backend has no decode path, fall back to full attention once per module;
-    # either way the per-step logits equal SDPA's.
-    moba.hf.register(BLOCK, 1000)
-    model = tiny_llama(hidden_size=256).to("cuda").eval()
+    # Greedy generation on the GPU in bf16 (the CUDA backend's dtypes) with routing that prunes (BLOCK 16, top_k 2,
+    # 100 tokens): the decode steps run through each module's CUDA KVCache (or, with a CUDA backend that cannot
+    # decode, fall back to full attention once per module), and every step's logits match one MoBA prefill over
+    # the final sequences at those positions, within bf16 tolerance (the two paths are different kernels).
+    moba.hf.register(BLOCK, 2)
+    model = tiny_llama(hidden_size=256).to("cuda", torch.bfloat16).eval()
+    model.set_attn_implementation("moba")
     ids = torch.randint(0, 97, (2, 40), generator=torch.Generator().manual_seed(14)).cuda()
-    steps = {}
-    for impl in ("sdpa", "moba"):
-        model.set_attn_implementation(impl)
-        steps[impl] = generate_steps(model, ids, 24)
-    assert torch.equal(steps["moba"][0], steps["sdpa"][0])
-    assert rel_err(steps["moba"][1].cpu().numpy(), steps["sdpa"][1].cpu().numpy()) < 1e-4
-    for m in attention_modules(model):
-        decoded = getattr(m, "_moba_decode", None) is not None
-        assert decoded != (getattr(m, "_moba_decode_unsupported", set()) == {"cuda"})
+    seqs, steps = generate_steps(model, ids, 60)
+    fell_back = [getattr(m, "_moba_decode_unsupported", set()) == {"cuda"} for m in attention_modules(model)]
+    if not any(fell_back):
+        for m in attention_modules(model):
+            assert m._moba_decode is not None and m._moba_decode.held == seqs.shape[1] - 1
+        with torch.no_grad():
+            full = model(seqs).logits
+        P = ids.shape[1]
+        err = rel_err(steps.float().cpu().numpy(), full[:, P - 1:P - 1 + 60].float().cpu().numpy())
+        assert err < 2e-2, err
+    else:
+        assert all(fell_back)
 
 
 def test_hf_right_padding_is_exact():
