@@ -64,7 +64,7 @@ static moba_status check_layout(const char *fn, const moba_cache_params *p) {
             FAIL("%s: head_dim (%d) must be in 1..256 on the CPU backend", fn, p->head_dim); /* as moba_forward */
         return MOBA_OK;
     }
-#if defined(MOBA_WITH_CUDA) && defined(MOBA_CUDA_DECODE)
+#ifdef MOBA_WITH_CUDA
     if (!moba_backend_available(p->backend))
         return moba_fail(MOBA_ERR_UNSUPPORTED, "%s: backend MOBA_BACKEND_CUDA is not available: no usable CUDA device", fn);
     moba_status st = moba_backend_supports(p->backend, p->dtype, p->head_dim, p->block_size);
@@ -75,13 +75,7 @@ static moba_status check_layout(const char *fn, const moba_cache_params *p) {
     }
     return MOBA_OK;
 #else
-    return moba_fail(MOBA_ERR_UNSUPPORTED, "%s: backend MOBA_BACKEND_CUDA: %s", fn,
-#ifdef MOBA_WITH_CUDA
-                     "the CUDA backend has no decode path yet"
-#else
-                     "libmoba was built without CUDA"
-#endif
-    );
+    return moba_fail(MOBA_ERR_UNSUPPORTED, "%s: backend MOBA_BACKEND_CUDA: libmoba was built without CUDA", fn);
 #endif
 }
 
@@ -182,14 +176,14 @@ moba_status moba_cache_append(const moba_cache_params *p, const int32_t *seq_len
     REQUIRE(v_cache);
     REQUIRE(centroids);
     if (c.total == 0) return MOBA_OK;
-#if defined(MOBA_WITH_CUDA) && defined(MOBA_CUDA_DECODE)
+#ifdef MOBA_WITH_CUDA
     if (p->backend == MOBA_BACKEND_CUDA) return moba_cuda_cache_append(&c, k_new, v_new, k_cache, v_cache, centroids);
 #endif
     return moba_cpu_cache_append(&c, k_new, v_new, k_cache, v_cache, centroids);
 }
 
 static size_t workspace_size(const moba_cache_call *c) {
-#if defined(MOBA_WITH_CUDA) && defined(MOBA_CUDA_DECODE)
+#ifdef MOBA_WITH_CUDA
     if (c->p->backend == MOBA_BACKEND_CUDA) return moba_cuda_cache_workspace_size(c);
 #endif
     return moba_cpu_cache_workspace_size(c);
@@ -238,7 +232,7 @@ moba_status moba_cache_attend(const moba_cache_params *p, const int32_t *seq_len
         return moba_fail(MOBA_ERR_WORKSPACE_TOO_SMALL,
                          "%s: workspace_bytes (%zu) is smaller than moba_cache_workspace_size (%zu)", fn,
                          workspace_bytes, need);
-#if defined(MOBA_WITH_CUDA) && defined(MOBA_CUDA_DECODE)
+#ifdef MOBA_WITH_CUDA
     if (p->backend == MOBA_BACKEND_CUDA) return moba_cuda_cache_attend(&c, q, k_cache, v_cache, centroids, o, lse, ws);
 #endif
     if (!workspace && need > 0) {

@@ -68,7 +68,7 @@ size_t moba_cpu_cache_workspace_size(const moba_cache_call *c);
 moba_status moba_cpu_cache_attend(const moba_cache_call *c, const void *q, const void *k_cache, const void *v_cache,
                                   const void *centroids, void *o, float *lse, void *ws);
 
-/* CUDA backend (src/cuda, when it has a decode path: define MOBA_CUDA_DECODE for cache.c to call it).
+/* CUDA backend (src/cuda/cache.cu), compiled when MOBA_WITH_CUDA is defined.
  * Device pointers; seq_lens and cu stay on the host, block_table is device memory (its page ids are not
  * checked by the core). ws may be NULL (the caller passed none): the backend allocates what it needs. */
 moba_status moba_cuda_cache_append(const moba_cache_call *c, const void *k_new, const void *v_new, void *k_cache,
