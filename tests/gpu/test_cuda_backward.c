@@ -23,36 +23,9 @@
 #include "npy.h"
 #include "ref64.h"
 
-#define CUDA_OK(call)                                                                              \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        CHECK_FATAL(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));                   \
-    } while (0)
+#include "gpu_util.h"
 
 static double worst[2][3]; /* [dtype f16?][dq dk dv] */
-
-static void *to_device(const void *host, size_t bytes) {
-    void *d = NULL;
-    CUDA_OK(cudaMalloc(&d, bytes ? bytes : 1));
-    if (bytes && host) CUDA_OK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
-    return d;
-}
-
-static void *from_device(const void *dev, size_t bytes) {
-    void *h = check_malloc(bytes ? bytes : 1);
-    if (bytes) CUDA_OK(cudaMemcpy(h, dev, bytes, cudaMemcpyDeviceToHost));
-    return h;
-}
-
-/* Device buffer of n storage elements holding the poison pattern. */
-static void *poisoned_device(moba_dtype dt, size_t n) {
-    size_t es = ref_dtype_size(dt);
-    void *h = check_malloc(n * es);
-    ref_poison(dt, h, n);
-    void *d = to_device(h, n * es);
-    free(h);
-    return d;
-}
 
 /* moba_backward into fresh poisoned buffers; returns them on the host. */
 static moba_status backward_once(const moba_params *p, void *d_do, void *d_q, void *d_k, void *d_v, void *d_o,
@@ -142,19 +115,12 @@ static void run_case(moba_dtype dt, int d, const int *lens, int nseq, int hq, in
     cudaFree(gq), cudaFree(gk), cudaFree(gv), cudaFree(gdo), cudaFree(go), cudaFree(glse), cudaFree(gsel);
 }
 
-static npy_array load(const char *dir, const char *name, const char *file) {
-    char path[1024], err[256];
-    npy_array a;
-    snprintf(path, sizeof path, "%s/%s/%s", dir, name, file);
-    CHECK_FATAL(npy_load(path, &a, err, sizeof err) == 0, "%s: %s", path, err);
-    return a;
-}
-
 /* The bf16 golden case (parameters from its case.json): gradients against the published reference's. */
 static void run_golden(const char *dir, const char *name, int hq, int hkv, int d, int block, int topk) {
-    npy_array q = load(dir, name, "q.npy"), k = load(dir, name, "k.npy"), v = load(dir, name, "v.npy");
-    npy_array dout = load(dir, name, "do.npy"), cu = load(dir, name, "cu_seqlens.npy");
-    npy_array rq = load(dir, name, "dq.npy"), rk = load(dir, name, "dk.npy"), rv = load(dir, name, "dv.npy");
+    npy_array q = golden_load(dir, name, "q.npy"), k = golden_load(dir, name, "k.npy");
+    npy_array v = golden_load(dir, name, "v.npy"), dout = golden_load(dir, name, "do.npy");
+    npy_array cu = golden_load(dir, name, "cu_seqlens.npy"), rq = golden_load(dir, name, "dq.npy");
+    npy_array rk = golden_load(dir, name, "dk.npy"), rv = golden_load(dir, name, "dv.npy");
     CHECK_FATAL(strcmp(q.descr, "<u2") == 0 && strcmp(rq.descr, "<u2") == 0 && strcmp(cu.descr, "<i4") == 0,
                 "%s: unexpected dtypes", name);
     moba_params p;

@@ -25,13 +25,10 @@
 
 #include "check.h"
 #include "moba.h"
+#include "npy.h"
 #include "ref64.h"
 
-#define CUDA_OK(call)                                                                              \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        CHECK_FATAL(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));                   \
-    } while (0)
+#include "gpu_util.h"
 
 enum { MAX_SEQS = 4 };
 
@@ -47,11 +44,6 @@ static long long attend_calls = 0;
 
 static int rand_int(ref_rng *r, int lo, int hi) { return lo + (int)(ref_rng_next(r) % (uint64_t)(hi - lo + 1)); }
 
-static void *dev_alloc(size_t bytes) {
-    void *d = NULL;
-    CUDA_OK(cudaMalloc(&d, bytes ? bytes : 1));
-    return d;
-}
 static void up(void *d, const void *h, size_t bytes) { CUDA_OK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice)); }
 static void down(void *h, const void *d, size_t bytes) { CUDA_OK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost)); }
 
@@ -84,7 +76,7 @@ static void attend_both(const char *name, moba_cache_params *cp, moba_cache_para
     ref_poison(cp->dtype, o_gpu, nel);
     ref_poison(MOBA_DTYPE_F32, lse_cpu, nl);
     ref_poison(MOBA_DTYPE_F32, lse_gpu, nl);
-    void *dq = dev_alloc(nel * es), *dout = dev_alloc(nel * es), *dlse = dev_alloc(nl * 4);
+    void *dq = to_device(NULL, nel * es), *dout = to_device(NULL, nel * es), *dlse = to_device(NULL, nl * 4);
     up(dq, q, nel * es);
     up(dout, o_gpu, nel * es);
     up(dlse, lse_gpu, nl * 4);
@@ -97,7 +89,7 @@ static void attend_both(const char *name, moba_cache_params *cp, moba_cache_para
         st = moba_cache_workspace_size(gp, lens, cu, &ws_bytes);
         CHECK_FATAL(st == MOBA_OK, "%s: workspace size: %s", name, moba_last_error());
         CHECK(ws_bytes > 0, "%s: CUDA decode workspace is %zu bytes", name, ws_bytes);
-        ws = dev_alloc(ws_bytes);
+        ws = to_device(NULL, ws_bytes);
         CUDA_OK(cudaMemset(ws, 0xff, ws_bytes)); /* garbage in the workspace must not matter */
     }
     st = moba_cache_attend(gp, lens, cu, dq, dk, dv, dtable, dc, dout, dlse, ws, ws_bytes);
@@ -175,7 +167,8 @@ static void run_case(const gcase *g) {
     ref_poison(g->dt, hk, cache_el);
     ref_poison(g->dt, hv, cache_el);
     ref_poison(g->dt, hc, cent_el);
-    void *dk = dev_alloc(cache_el * es), *dv = dev_alloc(cache_el * es), *dc = dev_alloc(cent_el * es);
+    void *dk = to_device(NULL, cache_el * es), *dv = to_device(NULL, cache_el * es);
+    void *dc = to_device(NULL, cent_el * es);
     up(dk, hk, cache_el * es);
     up(dv, hv, cache_el * es);
     up(dc, hc, cent_el * es);
@@ -195,7 +188,7 @@ static void run_case(const gcase *g) {
         htable = check_malloc(tbytes);
         memcpy(htable, perm, tbytes);
         free(perm);
-        dtable = dev_alloc(tbytes);
+        dtable = to_device(NULL, tbytes);
         up(dtable, htable, tbytes);
     }
 
@@ -224,7 +217,7 @@ static void run_case(const gcase *g) {
         void *kn = check_malloc(nn * es + 1), *vn = check_malloc(nn * es + 1);
         ref_fill_normal(&rng, g->dt, kn, nn, 1.0);
         ref_fill_normal(&rng, g->dt, vn, nn, 1.0);
-        void *dkn = dev_alloc(nn * es), *dvn = dev_alloc(nn * es);
+        void *dkn = to_device(NULL, nn * es), *dvn = to_device(NULL, nn * es);
         up(dkn, kn, nn * es);
         up(dvn, vn, nn * es);
         moba_status st = moba_cache_append(&cp, lens, cu, kn, vn, hk, hv, htable, hc);
@@ -266,7 +259,7 @@ static void run_case(const gcase *g) {
         int32_t cu[MAX_SEQS + 1] = {0};
         for (int s = 0; s < n; s++) cu[s + 1] = cu[s] + nq[s];
         const size_t nel = (size_t)cu[n] * g->hq * g->d;
-        void *dq = dev_alloc(nel * es + 16), *dout = dev_alloc(nel * es + 16);
+        void *dq = to_device(NULL, nel * es + 16), *dout = to_device(NULL, nel * es + 16);
         CUDA_OK(cudaMemset(dq, 0, nel * es + 16));
         for (int full = 0; full <= 1; full++) {
             gp.full_attention = full;
@@ -309,9 +302,9 @@ static void bad_page_append(void) {
     p.num_pages = 2;
     int32_t table[2] = {1, 1 << 30}, lens[1] = {0}, cu[2] = {0, 32};
     size_t bytes = 32 * 64 * 2;
-    void *k = dev_alloc(bytes), *v = dev_alloc(bytes), *c = dev_alloc(bytes), *dk = dev_alloc(bytes),
-         *dv = dev_alloc(bytes);
-    int32_t *dt = dev_alloc(sizeof table);
+    void *k = to_device(NULL, bytes), *v = to_device(NULL, bytes), *c = to_device(NULL, bytes);
+    void *dk = to_device(NULL, bytes), *dv = to_device(NULL, bytes);
+    int32_t *dt = to_device(NULL, sizeof table);
     up(dt, table, sizeof table);
     CUDA_OK(cudaMemset(k, 0x11, bytes));
     CUDA_OK(cudaMemset(v, 0x22, bytes));

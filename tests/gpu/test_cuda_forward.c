@@ -19,22 +19,12 @@
 
 #include "check.h"
 #include "moba.h"
+#include "npy.h"
 #include "ref64.h"
 
-#define CUDA_OK(call)                                                                              \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        CHECK_FATAL(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));                   \
-    } while (0)
+#include "gpu_util.h"
 
 static long long rows_total = 0, rows_diff_cpu = 0, rows_diff_ref = 0;
-
-static void *to_device(const void *host, size_t bytes) {
-    void *d = NULL;
-    CUDA_OK(cudaMalloc(&d, bytes ? bytes : 1));
-    if (bytes) CUDA_OK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
-    return d;
-}
 
 static int same_row(const int32_t *a, const int32_t *b, int n) { return memcmp(a, b, (size_t)n * 4) == 0; }
 

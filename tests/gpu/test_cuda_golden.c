@@ -13,18 +13,13 @@
 #include "npy.h"
 #include "ref64.h"
 
-static npy_array load(const char *dir, const char *name, const char *file) {
-    char path[1024], err[256];
-    npy_array a;
-    snprintf(path, sizeof path, "%s/%s/%s", dir, name, file);
-    CHECK_FATAL(npy_load(path, &a, err, sizeof err) == 0, "%s: %s", path, err);
-    return a;
-}
+#include "gpu_util.h"
 
 /* One bf16 case; the parameters are those of its case.json (see ../shared/golden). */
 static void run_golden(const char *dir, const char *name, int hq, int hkv, int d, int block, int topk) {
-    npy_array q = load(dir, name, "q.npy"), k = load(dir, name, "k.npy"), v = load(dir, name, "v.npy");
-    npy_array o_ref = load(dir, name, "o.npy"), cu = load(dir, name, "cu_seqlens.npy");
+    npy_array q = golden_load(dir, name, "q.npy"), k = golden_load(dir, name, "k.npy");
+    npy_array v = golden_load(dir, name, "v.npy");
+    npy_array o_ref = golden_load(dir, name, "o.npy"), cu = golden_load(dir, name, "cu_seqlens.npy");
     CHECK_FATAL(strcmp(q.descr, "<u2") == 0 && strcmp(cu.descr, "<i4") == 0, "%s: unexpected dtypes", name);
     moba_params p;
     moba_params_init(&p);
