@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_forward import CUDA, BF16, D, OP_FORWARD, TARGETS, Params, check, load_lib, make_inputs, time_ms  # noqa
+from bench_forward import D, OP_FORWARD, TARGETS, Params, check, load_lib, make_inputs, make_params, time_ms  # noqa
 
 OP_BACKWARD = 1
 TARGETS_FB = [t[:4] + (f,) for t, f in zip(TARGETS, (6.0, 8.0, 1.4, 6.0))]  # the backward issue's targets
@@ -31,13 +31,7 @@ def run_case(lib, n, h, block, topk, target, kind, quick):
     o = torch.empty_like(q)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
-    cu = (ctypes.c_int32 * 2)(0, n)
-    p = Params()
-    lib.moba_params_init(ctypes.byref(p))
-    p.backend, p.dtype, p.num_seqs, p.total_tokens, p.cu_seqlens = CUDA, BF16, 1, n, cu
-    p.num_q_heads = p.num_kv_heads = h
-    p.head_dim, p.block_size, p.top_k = D, block, topk
-    p.cuda_stream = torch.cuda.current_stream().cuda_stream
+    p, cu = make_params(lib, n, h, block, topk)
     fb, bb = ctypes.c_size_t(), ctypes.c_size_t()
     check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_FORWARD, ctypes.byref(fb)), "workspace")
     check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_BACKWARD, ctypes.byref(bb)), "workspace")

@@ -13,7 +13,6 @@ Needs PyTorch with CUDA and libmoba built with CUDA. The ctypes glue below is th
 """
 import argparse
 import ctypes
-import math
 import os
 import statistics
 import sys
@@ -82,11 +81,9 @@ def make_inputs(n, h, kind, gen):
     return q.contiguous(), k, v
 
 
-def run_case(lib, n, h, block, topk, target, kind, quick):
-    gen = torch.Generator(device="cuda").manual_seed(n + h + block + topk)
-    q, k, v = make_inputs(n, h, kind, gen)
-    o = torch.empty_like(q)
-    lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
+def make_params(lib, n, h, block, topk):
+    """The call's params (bf16, one sequence of n tokens, h heads, d = D) on the current stream, and the
+    cu_seqlens array they point to (keep it alive as long as the params)."""
     cu = (ctypes.c_int32 * 2)(0, n)
     p = Params()
     lib.moba_params_init(ctypes.byref(p))
@@ -94,6 +91,15 @@ def run_case(lib, n, h, block, topk, target, kind, quick):
     p.num_q_heads = p.num_kv_heads = h
     p.head_dim, p.block_size, p.top_k = D, block, topk
     p.cuda_stream = torch.cuda.current_stream().cuda_stream
+    return p, cu
+
+
+def run_case(lib, n, h, block, topk, target, kind, quick):
+    gen = torch.Generator(device="cuda").manual_seed(n + h + block + topk)
+    q, k, v = make_inputs(n, h, kind, gen)
+    o = torch.empty_like(q)
+    lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
+    p, cu = make_params(lib, n, h, block, topk)
     ws_bytes, rt_bytes = ctypes.c_size_t(), ctypes.c_size_t()
     check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_FORWARD, ctypes.byref(ws_bytes)), "workspace")
     check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_ROUTE, ctypes.byref(rt_bytes)), "workspace")
