@@ -90,4 +90,24 @@ static inline int cpu_selects(const int32_t *row_sel, int *cursor, int b) {
     return 1;
 }
 
+/* A query tile visiting block b of its sequence (blocks in ascending order): marks in takes[r] the rows
+ * that selected b (every row when sel is NULL: full attention), advancing their cursors, and gives the keys
+ * [*k0, *k1) of b the tile can see (the own block ends at the tile's last row: causal). Returns whether
+ * any row takes b. */
+static inline int cpu_tile_takes_block(const moba_call *c, const moba_tile *tile, int h, const int32_t *sel, int b,
+                                       int *cursor, int *takes, int64_t *k0, int64_t *k1) {
+    const int nrows = (int)(tile->row_end - tile->row_begin);
+    int any = 0;
+    for (int r = 0; r < nrows; r++) {
+        const int32_t *row_sel = sel ? sel + ((int64_t)h * c->L.total_tokens + tile->row_begin + r) * c->slots : NULL;
+        takes[r] = !row_sel || cpu_selects(row_sel, &cursor[r], b);
+        any |= takes[r];
+    }
+    const int64_t seq_start = c->L.cu_seqlens[tile->seq], seq_end = c->L.cu_seqlens[tile->seq + 1];
+    *k0 = seq_start + (int64_t)b * c->p->block_size;
+    *k1 = *k0 + c->p->block_size < seq_end ? *k0 + c->p->block_size : seq_end;
+    if (b == tile->block) *k1 = tile->row_end;
+    return any;
+}
+
 #endif

@@ -67,10 +67,9 @@ static void forward_tile(const moba_call *c, const moba_tile *tile, int h, const
                          const void *v, void *o, float *lse, const int32_t *sel, fwd_scratch *S) {
     const moba_params *p = c->p;
     const moba_dtype dt = p->dtype;
-    const int d = p->head_dim, Hq = p->num_q_heads, Hkv = p->num_kv_heads, B = p->block_size;
+    const int d = p->head_dim, Hq = p->num_q_heads, Hkv = p->num_kv_heads;
     const int hk = h / c->group, j = tile->block;
     const int nrows = (int)(tile->row_end - tile->row_begin);
-    const int64_t seq_start = c->L.cu_seqlens[tile->seq], seq_end = c->L.cu_seqlens[tile->seq + 1];
 
     for (int r = 0; r < nrows; r++) {
         moba_load_f32(dt, q, ((tile->row_begin + r) * Hq + h) * d, d, S->q + (size_t)r * d);
@@ -81,16 +80,8 @@ static void forward_tile(const moba_call *c, const moba_tile *tile, int h, const
     memset(S->acc, 0, sizeof(float) * (size_t)nrows * d);
 
     for (int b = 0; b <= j; b++) {
-        /* which rows of the tile take block b */
-        int any = 0;
-        for (int r = 0; r < nrows; r++) {
-            const int32_t *row_sel = sel ? sel + ((int64_t)h * c->L.total_tokens + tile->row_begin + r) * c->slots : NULL;
-            S->takes[r] = !row_sel || cpu_selects(row_sel, &S->cursor[r], b);
-            any |= S->takes[r];
-        }
-        if (!any) continue;
-        int64_t k0 = seq_start + (int64_t)b * B, k1 = k0 + B < seq_end ? k0 + B : seq_end;
-        if (b == j) k1 = tile->row_end; /* causal: no row of the tile sees past its last row */
+        int64_t k0, k1;
+        if (!cpu_tile_takes_block(c, tile, h, sel, b, S->cursor, S->takes, &k0, &k1)) continue;
         for (int64_t c0 = k0; c0 < k1; c0 += CPU_KEY_CHUNK) {
             int nk = (int)(k1 - c0 < CPU_KEY_CHUNK ? k1 - c0 : CPU_KEY_CHUNK);
             for (int x = 0; x < nk; x++) {
