@@ -8,7 +8,9 @@ neighbourhood share a direction plus a little noise, so they mostly route alike;
 without the noise, so they route exactly alike) prints: dense and MoBA times (median of CUDA
 event timings, MoBA including routing), the speedup dense/MoBA, MoBA's effective TFLOP/s (useful
 FLOPs: 4*d per (query, attended key) from the selection it made), the routing share of MoBA's time,
-and the extra device memory (workspace) over what dense flash attention needs (q, k, v, o, lse).
+and the extra device memory (workspace) over what dense flash attention needs (q, k, v, o, lse); and the
+same call with only the query-tile-major kernel (MOBA_CUDA_KBM=0: the previous version) side by side, with
+the relative difference of the two outputs.
 Needs PyTorch with CUDA and libmoba built with CUDA. The ctypes glue below is the minimum needed.
 """
 import argparse
@@ -123,8 +125,14 @@ def run_case(lib, n, h, block, topk, target, kind, quick):
     big = n * h >= 1 << 20
     reps = 3 if (quick or big) else 10
     t_dense = time_ms(dense, reps)
+    # the query-tile-major kernel alone (MOBA_CUDA_KBM=0, read per call): the previous version, side by side
+    os.environ["MOBA_CUDA_KBM"] = "0"
+    t_qtm = time_ms(moba, reps)
+    o_qtm = o.clone()
+    del os.environ["MOBA_CUDA_KBM"]
     t_moba = time_ms(moba, reps)
     t_route = time_ms(route, reps)
+    diff = ((o.float() - o_qtm.float()).norm() / o_qtm.float().norm()).item()
 
     # useful FLOPs from the selection: each selected history block gives B keys, the own block pos % B + 1
     route()
@@ -148,7 +156,7 @@ def run_case(lib, n, h, block, topk, target, kind, quick):
     return dict(n=n, h=h, B=block, k=topk, kind=kind, t_dense=t_dense, t_moba=t_moba, t_route=t_route,
                 speedup=t_dense / t_moba, target=target, tf_moba=useful / t_moba / 1e9,
                 tf_dense=dense_flops / t_dense / 1e9, ideal=dense_flops / useful, mem=ws_bytes.value / dense_mem,
-                err=err, union=union)
+                err=err, union=union, t_qtm=t_qtm, diff=diff)
 
 
 def main():
@@ -170,14 +178,15 @@ def main():
             rows.append(r)
             print(f"  done {n} {h} {b} {k} {kind}: {r['speedup']:.2f}x", file=sys.stderr, flush=True)
     hdr = ("N", "H", "B", "top_k", "input", "dense ms", "MoBA ms", "speedup", "target", "ideal", "MoBA TF/s",
-           "dense TF/s", "route %", "extra mem", "union/top_k", "err(blk0)")
+           "dense TF/s", "route %", "extra mem", "union/top_k", "err(blk0)", "QTM-only ms", "vs QTM", "diff vs QTM")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for r in rows:
         print(f"| {r['n'] // 1024}K | {r['h']} | {r['B']} | {r['k']} | {r['kind']} | {r['t_dense']:.2f} | "
               f"{r['t_moba']:.2f} | {r['speedup']:.2f}x | {r['target']:.1f}x | {r['ideal']:.1f}x | "
               f"{r['tf_moba']:.0f} | {r['tf_dense']:.0f} | {100 * r['t_route'] / r['t_moba']:.1f} | "
-              f"{100 * r['mem']:.1f}% | {r['union']:.2f} | {r['err']:.1e} |")
+              f"{100 * r['mem']:.1f}% | {r['union']:.2f} | {r['err']:.1e} | {r['t_qtm']:.2f} | "
+              f"{r['t_qtm'] / r['t_moba']:.2f}x | {r['diff']:.1e} |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@
  *   full_base  [num_seqs + 1] int32    first centroid slot of each sequence
  *   centroids  [Hkv][total_full_blocks][d]  storage dtype      (routing only)
  *   sel        [Hq][total][top_k] int32                       (forward / backward with routing only)
+ *   fpairs     [num_ftiles + 1] int64   history pairs before each forward tile (key-block-major only)
  *   topk_lists [tiles][Hq][64][top_k - 1] int2   only when top_k is too large for shared memory
+ *   key-block-major forward only, then: its flags, lse, groups, tiles, pairs and partials (kbm_plan)
  *   backward only, then: D, the inverted index and its sort's scratch (backward.cu: bwd_plan)
  */
 #include <stdlib.h>
@@ -42,6 +44,16 @@ moba_status moba_cuda_supports(moba_dtype dtype, int head_dim, int block_size) {
     return MOBA_OK;
 }
 
+moba_status moba_cuda_check_call(const moba_call *c, const char *fn) {
+    const moba_params *p = c->p;
+    moba_status st = moba_cuda_supports(p->dtype, p->head_dim, p->block_size);
+    if (st != MOBA_OK) return st;
+    if ((size_t)(c->L.max_blocks / 32 + 1) * 4 > 64 * 1024)
+        return moba_fail(MOBA_ERR_UNSUPPORTED, "%s: CUDA backend: a sequence of %d blocks is too long for the block "
+                         "bitmap (at most %d blocks)", fn, c->L.max_blocks, 64 * 1024 * 8);
+    return MOBA_OK;
+}
+
 /* Does this call need routing (centroids + top-k)? Not when every row attends all its history
  * (top_k >= blocks) or only its own block (top_k == 1). */
 static int needs_routing(const moba_call *c) { return !c->full_attention && c->p->top_k > 1; }
@@ -60,6 +72,10 @@ void moba_cuda_make_plan(const moba_call *c, moba_op op, moba_cuda_plan *plan) {
     off = align256(off + (size_t)(p->num_seqs + 1) * sizeof(int32_t));
     plan->full_base = off;
     off = align256(off + (size_t)(p->num_seqs + 1) * sizeof(int32_t));
+    plan->kbm = op == MOBA_OP_FORWARD && moba_cuda_kbm_enabled(c);
+    plan->fpairs = off;
+    if (plan->kbm) off = align256(off + (size_t)(plan->num_ftiles + 1) * sizeof(int64_t));
+    plan->upload_end = off;
     /* the backward recomputes the forward's routing, so it needs the same pieces */
     int fwd = op == MOBA_OP_FORWARD || op == MOBA_OP_BACKWARD;
     int route = op == MOBA_OP_ROUTE || (fwd && needs_routing(c));
@@ -76,6 +92,7 @@ void moba_cuda_make_plan(const moba_call *c, moba_op op, moba_cuda_plan *plan) {
         plan->lists_in_global = 1;
         off = align256(off + (size_t)plan->num_tiles * p->num_q_heads * MOBA_TILE_ROWS * k1 * 2 * sizeof(int32_t));
     }
+    if (plan->kbm) off = moba_cuda_kbm_plan(c, plan, off);
     plan->total = off; /* the backward's own pieces follow (backward.cu) */
 }
 
@@ -112,9 +129,10 @@ static int heavier_first(const void *x, const void *y) {
     return a->row_begin < b->row_begin ? -1 : (a->row_begin > b->row_begin);
 }
 
-moba_status moba_cuda_upload_layout(const moba_call *c, const moba_cuda_plan *plan, void *ws, moba_cuda_layout *dl) {
+moba_status moba_cuda_upload_layout(const moba_call *c, const moba_cuda_plan *plan, void *ws, moba_cuda_layout *dl,
+                                    int64_t *fpairs_host) {
     const moba_layout *L = &c->L;
-    size_t bytes = plan->full_base + (size_t)(L->num_seqs + 1) * sizeof(int32_t);
+    size_t bytes = plan->upload_end;
     char *host = (char *)calloc(1, bytes);
     if (!host) return moba_fail(MOBA_ERR_OUT_OF_MEMORY, "CUDA backend: could not allocate %zu host bytes", bytes);
     moba_tile *tiles = (moba_tile *)(host + plan->tiles), *ftiles = (moba_tile *)(host + plan->ftiles);
@@ -126,6 +144,15 @@ moba_status moba_cuda_upload_layout(const moba_call *c, const moba_cuda_plan *pl
     int32_t *base = (int32_t *)(host + plan->full_base);
     base[0] = 0;
     for (int s = 0; s < L->num_seqs; s++) base[s + 1] = base[s] + moba_seq_full_blocks(L, s);
+    if (plan->kbm) { /* tile f's rows each have min(block, slots - 1) history selections */
+        int64_t *fp = (int64_t *)(host + plan->fpairs);
+        fp[0] = 0;
+        for (int64_t f = 0; f < plan->num_ftiles; f++) {
+            int nh = ftiles[f].block < c->slots - 1 ? ftiles[f].block : c->slots - 1;
+            fp[f + 1] = fp[f] + (ftiles[f].row_end - ftiles[f].row_begin) * nh;
+        }
+        if (fpairs_host) memcpy(fpairs_host, fp, (size_t)(plan->num_ftiles + 1) * sizeof(int64_t));
+    }
     /* From pageable memory the copy is staged before cudaMemcpyAsync returns: host may be freed. */
     cudaError_t err = cudaMemcpyAsync(ws, host, bytes, cudaMemcpyHostToDevice, (cudaStream_t)c->p->cuda_stream);
     free(host);
@@ -145,7 +172,7 @@ moba_status moba_cuda_route(const moba_call *c, const void *q, const void *k, in
     moba_cuda_plan plan;
     moba_cuda_make_plan(c, MOBA_OP_ROUTE, &plan);
     moba_cuda_layout dl;
-    st = moba_cuda_upload_layout(c, &plan, ws, &dl);
+    st = moba_cuda_upload_layout(c, &plan, ws, &dl, NULL);
     if (st != MOBA_OK) return st;
     return moba_cuda_route_into(c, &plan, ws, &dl, q, k, block_idx, c->p->top_k);
 }
@@ -154,16 +181,12 @@ moba_status moba_cuda_route(const moba_call *c, const void *q, const void *k, in
  * (backward.cu). Deterministic whatever p->deterministic says: nothing is summed with atomics. */
 moba_status moba_cuda_backward(const moba_call *c, const void *dout, const void *q, const void *k, const void *v,
                                const void *o, const float *lse, void *dq, void *dk, void *dv, void *ws) {
-    const moba_params *p = c->p;
-    moba_status st = moba_cuda_supports(p->dtype, p->head_dim, p->block_size);
+    moba_status st = moba_cuda_check_call(c, "moba_backward");
     if (st != MOBA_OK) return st;
-    if ((size_t)(c->L.max_blocks / 32 + 1) * 4 > 64 * 1024)
-        return moba_fail(MOBA_ERR_UNSUPPORTED, "moba_backward: CUDA backend: a sequence of %d blocks is too long for "
-                         "the block bitmap (at most %d blocks)", c->L.max_blocks, 64 * 1024 * 8);
     moba_cuda_plan plan;
     moba_cuda_make_plan(c, MOBA_OP_BACKWARD, &plan);
     moba_cuda_layout dl;
-    st = moba_cuda_upload_layout(c, &plan, ws, &dl);
+    st = moba_cuda_upload_layout(c, &plan, ws, &dl, NULL);
     if (st != MOBA_OK) return st;
     return moba_cuda_backward_run(c, &plan, ws, &dl, dout, q, k, v, o, lse, dq, dk, dv);
 }

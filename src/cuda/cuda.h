@@ -57,20 +57,35 @@ typedef struct {
     int64_t num_tiles, num_ftiles;
     int sel_stride;            /* int32 entries per (head, token) in sel          */
     int lists_in_global;       /* top-k candidate lists do not fit shared memory */
+    size_t upload_end;         /* the layout upload covers [0, upload_end)        */
+    /* key-block-major forward (forward_kbm.cu); kbm = 0: none of these exist */
+    int kbm;
+    size_t fpairs;             /* int64 [num_ftiles + 1] (uploaded): history pairs before each 128-row tile */
+    size_t kflags, klse, kcnt, koff, kntiles, ktiles, kplist, kpart_lse, kpart_o;
+    int64_t kptot;             /* history pairs of one head (fpairs[num_ftiles])                 */
+    int64_t kcap;              /* pairs one pass holds (partials); passes cover kptot * Hq        */
+    int64_t ktile_cap, kng;    /* tile list entries; groups = Hkv * total_full_blocks             */
 } moba_cuda_plan;
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+/* Forward / backward: a supported call whose longest sequence fits the block bitmap (fn names the entry point). */
+moba_status moba_cuda_check_call(const moba_call *c, const char *fn);
 void moba_cuda_make_plan(const moba_call *c, moba_op op, moba_cuda_plan *plan);
-/* Uploads tiles / cu_seqlens / full_base into the workspace; fills *dl. */
+/* Uploads tiles / cu_seqlens / full_base (/ fpairs) into the workspace; fills *dl, and
+ * fpairs_host [num_ftiles + 1] when not NULL and plan->kbm. */
 moba_status moba_cuda_upload_layout(const moba_call *c, const moba_cuda_plan *plan, void *ws,
-                                    moba_cuda_layout *dl);
+                                    moba_cuda_layout *dl, int64_t *fpairs_host);
 /* Centroids then top-k selection into sel (stride sel_stride per row). */
 moba_status moba_cuda_route_into(const moba_call *c, const moba_cuda_plan *plan, void *ws,
                                  const moba_cuda_layout *dl, const void *q, const void *k,
                                  int32_t *sel, int sel_stride);
 int moba_cuda_topk_list_fits_smem(int k1);
+/* forward_kbm.cu: does this forward call take the key-block-major path where routing is spread out,
+ * and its workspace pieces laid out from `off` (returns the end). */
+int moba_cuda_kbm_enabled(const moba_call *c);
+size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off);
 #ifdef __cplusplus
 }
 #endif

@@ -15,6 +15,8 @@
  * route alike, large on random inputs). See docs/cuda.md.
  */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "forward.h"
 
@@ -206,49 +208,61 @@ static moba_status launch_forward_d(const moba_call *c, const FwdArgs &a, int64_
     return launch_forward<T, D, 16, FWD_MT>(c, a, num_tiles);
 }
 
-moba_status moba_cuda_forward(const moba_call *c, const void *q, const void *k, const void *v, void *o, float *lse,
-                              void *ws) {
+/* Routing, then the query-tile-major kernel, then (Hopper, spread-out routing) the key-block-major passes. */
+static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan *plan, const moba_cuda_layout *dl,
+                                       const int64_t *fpairs, const void *q, const void *k, const void *v, void *o,
+                                       float *lse, void *ws) {
     const moba_params *p = c->p;
-    moba_status st = moba_cuda_supports(p->dtype, p->head_dim, p->block_size);
-    if (st != MOBA_OK) return st;
-    if ((size_t)(c->L.max_blocks / 32 + 1) * 4 > 64 * 1024)
-        return moba_fail(MOBA_ERR_UNSUPPORTED, "moba_forward: CUDA backend: a sequence of %d blocks is too long for "
-                         "the block bitmap (at most %d blocks)", c->L.max_blocks, 64 * 1024 * 8);
-    moba_cuda_plan plan;
-    moba_cuda_make_plan(c, MOBA_OP_FORWARD, &plan);
-    moba_cuda_layout dl;
-    st = moba_cuda_upload_layout(c, &plan, ws, &dl);
-    if (st != MOBA_OK) return st;
-
     FwdArgs a;
+    memset(&a, 0, sizeof a);
     a.q = q;
     a.k = k;
     a.v = v;
     a.o = o;
     a.lse = lse;
-    a.dl = dl;
+    a.dl = *dl;
     a.total = c->L.total_tokens;
     a.Hq = p->num_q_heads;
     a.Hkv = p->num_kv_heads;
     a.group = c->group;
     a.B = p->block_size;
     a.scale_log2 = c->scale * 1.4426950408889634f;
-    a.sel = NULL;
-    a.stride = 0;
     a.mode = c->full_attention ? 1 : (p->top_k == 1 ? 2 : 0);
     if (a.mode == 0) {
-        int32_t *sel = (int32_t *)((char *)ws + plan.sel);
-        st = moba_cuda_route_into(c, &plan, ws, &dl, q, k, sel, plan.sel_stride);
+        int32_t *sel = (int32_t *)((char *)ws + plan->sel);
+        moba_status st = moba_cuda_route_into(c, plan, ws, dl, q, k, sel, plan->sel_stride);
         if (st != MOBA_OK) return st;
         a.sel = sel;
-        a.stride = plan.sel_stride;
+        a.stride = plan->sel_stride;
+        if (plan->kbm && plan->kptot > 0 && moba_cuda_sm90_applies(c)) {
+            a.kbm_flags = (int32_t *)((char *)ws + plan->kflags);
+            a.kbm_min_union = moba_cuda_kbm_min_union(c);
+            if (!a.lse) a.lse = (float *)((char *)ws + plan->klse); /* the merge needs the own block's lse */
+        }
     }
-    st = moba_cuda_forward_sm90(c, a); /* Hopper: wgmma */
+    moba_status st = moba_cuda_forward_sm90(c, a); /* Hopper: wgmma */
+    if (st == MOBA_OK && a.kbm_flags) return moba_cuda_forward_kbm(c, plan, ws, a, fpairs);
     if (st != MOBA_ERR_UNSUPPORTED) return st;
     int d = p->head_dim;
     if (p->dtype == MOBA_DTYPE_BF16)
-        return d == 64 ? launch_forward_d<__nv_bfloat16, 64>(c, a, plan.num_ftiles)
-                       : launch_forward_d<__nv_bfloat16, 128>(c, a, plan.num_ftiles);
-    return d == 64 ? launch_forward_d<__half, 64>(c, a, plan.num_ftiles)
-                   : launch_forward_d<__half, 128>(c, a, plan.num_ftiles);
+        return d == 64 ? launch_forward_d<__nv_bfloat16, 64>(c, a, plan->num_ftiles)
+                       : launch_forward_d<__nv_bfloat16, 128>(c, a, plan->num_ftiles);
+    return d == 64 ? launch_forward_d<__half, 64>(c, a, plan->num_ftiles)
+                   : launch_forward_d<__half, 128>(c, a, plan->num_ftiles);
+}
+
+moba_status moba_cuda_forward(const moba_call *c, const void *q, const void *k, const void *v, void *o, float *lse,
+                              void *ws) {
+    moba_status st = moba_cuda_check_call(c, "moba_forward");
+    if (st != MOBA_OK) return st;
+    moba_cuda_plan plan;
+    moba_cuda_make_plan(c, MOBA_OP_FORWARD, &plan);
+    int64_t *fpairs = NULL; /* the host's copy, for cutting the key-block-major passes */
+    if (plan.kbm && !(fpairs = (int64_t *)malloc(sizeof(int64_t) * (size_t)(plan.num_ftiles + 1))))
+        return moba_fail(MOBA_ERR_OUT_OF_MEMORY, "moba_forward: CUDA backend: out of host memory");
+    moba_cuda_layout dl;
+    st = moba_cuda_upload_layout(c, &plan, ws, &dl, fpairs);
+    if (st == MOBA_OK) st = forward_with_layout(c, &plan, &dl, fpairs, q, k, v, o, lse, ws);
+    free(fpairs);
+    return st;
 }

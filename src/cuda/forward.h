@@ -20,10 +20,21 @@ struct FwdArgs {
     int Hq, Hkv, group, B, stride;
     int mode;           /* 0: routed selection, 1: every history block, 2: own block only */
     float scale_log2;   /* softmax scale * log2(e) */
+    /* key-block-major hand-off (Hopper, mode 0): a tile whose union has more than kbm_min_union
+     * history blocks does only its own block and sets kbm_flags[h * num_ftiles + tile]; the
+     * flags are written for every tile. NULL: never. */
+    int32_t *kbm_flags;
+    int kbm_min_union;
 };
 
 /* Hopper path (forward_sm90.cu): MOBA_ERR_UNSUPPORTED (no message) when it does not apply. */
+int moba_cuda_sm90_applies(const moba_call *c);
 moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a);
+/* Key-block-major second half (forward_kbm.cu), after forward_sm90 ran with a.kbm_flags set:
+ * the history of every handed-off tile, merged into o and a.lse. fpairs: the plan's, on the host. */
+int moba_cuda_kbm_min_union(const moba_call *c);
+moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan, void *ws, const FwdArgs &a,
+                                  const int64_t *fpairs);
 
 #ifdef __CUDACC__
 
@@ -57,6 +68,30 @@ __device__ __forceinline__ void build_union(const FwdArgs &a, const moba_tile &t
         }
     }
     __syncthreads();
+}
+
+/* Key-block-major hand-off (a.kbm_flags set): counts the union's history blocks; a tile with more
+ * than a.kbm_min_union keeps only its own block here, the rest is done key-block-major
+ * (forward_kbm.cu), and kbm_flags[h * num_ftiles + f] says which. All threads; ends synced. */
+__device__ __forceinline__ void kbm_decide(const FwdArgs &a, const moba_tile &tile, int64_t f, int h,
+                                           uint32_t *bitmap, int tid, int threads) {
+    __shared__ int handed_off;
+    const int j = tile.block, words = j / 32 + 1;
+    if (tid < 32) {
+        int n = 0;
+        for (int w = tid; w < words; w += 32) n += __popc(bitmap[w]);
+#pragma unroll
+        for (int o = 16; o > 0; o /= 2) n += __shfl_xor_sync(0xffffffffu, n, o);
+        if (tid == 0) {
+            handed_off = n - 1 > a.kbm_min_union; /* n - 1: the own block is always in the union */
+            a.kbm_flags[(int64_t)h * a.dl.num_ftiles + f] = handed_off;
+        }
+    }
+    __syncthreads();
+    if (handed_off) {
+        for (int w = tid; w < words; w += threads) bitmap[w] = w == j / 32 ? 1u << (j % 32) : 0u;
+        __syncthreads();
+    }
 }
 
 /* Work items (block b, chunk ci of BN keys) over the bitmap in increasing order; the own block
@@ -175,28 +210,37 @@ __device__ __forceinline__ void pack_p(const float (&s)[NT][4], uint32_t (&pa)[N
     }
 }
 
-/* Epilogue for this lane's rows: o = acc / l (l summed over the 4 lanes of a row), lse = m*scale + ln l. */
+/* Epilogue for this lane's rows r = 0, 1: o = acc / l (l summed over the 4 lanes of a row) to orow[r],
+ * lse = m*scale + ln l to lse_at[r] (natural log); a NULL orow[r] skips the row, a NULL lse_at[r] its lse. */
 template <typename T, int DT>
-__device__ __forceinline__ void store_rows(const FwdArgs &a, int h, int64_t t0, bool valid0, bool valid1,
-                                           const float (&acc)[DT][4], const float (&m)[2], const float (&l)[2],
-                                           int c) {
-    T *o = reinterpret_cast<T *>(a.o);
+__device__ __forceinline__ void store_rows_to(T *const (&orow)[2], float *const (&lse_at)[2], const float (&acc)[DT][4],
+                                              const float (&m)[2], const float (&l)[2], int c, float scale_log2) {
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         float lt = l[r];
         lt += __shfl_xor_sync(0xffffffffu, lt, 1);
         lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-        if (!(r ? valid1 : valid0)) continue;
+        if (!orow[r]) continue;
         const float inv = 1.0f / lt;
-        const int64_t t = t0 + 8 * r;
-        T *orow = o + (t * a.Hq + h) * (DT * 8);
 #pragma unroll
         for (int nt = 0; nt < DT; nt++)
-            *reinterpret_cast<uint32_t *>(orow + nt * 8 + 2 * c) =
+            *reinterpret_cast<uint32_t *>(orow[r] + nt * 8 + 2 * c) =
                 moba_pack<T>::two(acc[nt][2 * r] * inv, acc[nt][2 * r + 1] * inv);
-        if (a.lse && c == 0)
-            a.lse[(int64_t)h * a.total + t] = (m[r] * a.scale_log2 + log2f(lt)) * 0.69314718055994531f;
+        if (lse_at[r] && c == 0) *lse_at[r] = (m[r] * scale_log2 + log2f(lt)) * 0.69314718055994531f;
     }
+}
+
+/* The same for rows t0 and t0 + 8 of head h of the output tensors. */
+template <typename T, int DT>
+__device__ __forceinline__ void store_rows(const FwdArgs &a, int h, int64_t t0, bool valid0, bool valid1,
+                                           const float (&acc)[DT][4], const float (&m)[2], const float (&l)[2],
+                                           int c) {
+    T *o = reinterpret_cast<T *>(a.o);
+    T *const orow[2] = {valid0 ? o + (t0 * a.Hq + h) * (DT * 8) : NULL,
+                        valid1 ? o + ((t0 + 8) * a.Hq + h) * (DT * 8) : NULL};
+    float *const lse_at[2] = {a.lse ? a.lse + (int64_t)h * a.total + t0 : NULL,
+                              a.lse ? a.lse + (int64_t)h * a.total + t0 + 8 : NULL};
+    store_rows_to<T, DT>(orow, lse_at, acc, m, l, c, a.scale_log2);
 }
 
 #endif /* __CUDACC__ */

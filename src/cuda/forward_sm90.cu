@@ -5,74 +5,14 @@
  *     S = Q K^T   wgmma m64n64k16, Q and K from shared memory (both K-major)
  *     O += P V    wgmma m64nDk16,  P from registers (the S accumulators, as in FA3), V from shared
  *                 memory read MN-major (transposed), so V needs no transpose on the way in.
- * Shared tiles use the 128-byte swizzle the tensor cores expect: a tile of R rows x D columns is
- * D/64 panels of R rows x 128 bytes; the 16-byte chunk ch of row r sits at chunk ch ^ (r % 8).
- * cp.async fills them (generic proxy), so each thread fences to the async proxy before the barrier
- * that precedes the wgmma that reads them.
+ * Shared tiles and wgmma wrappers: sm90.h. A tile whose union is much larger than top_k (routing
+ * without locality) only does its own block here and hands its history to forward_kbm.cu.
  */
 #include <math.h>
 #include <stdlib.h>
 
 #include "forward.h"
-
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define MOBA_WGMMA 1
-#include "wgmma_ops.inc"
-#endif
-
-#define SM90_WGS 2 /* warpgroups per CTA: MOBA_FWD_TILE_ROWS / 64 */
-#define SM90_THREADS (128 * SM90_WGS)
-#define SM90_BN 64
-
-/* Copies a [R x D] tile (global row stride `stride`) into the swizzled layout; rows >= valid -> 0.
- * Thread t always copies 16-byte chunk t % (D/8) of rows t / (D/8) + p * (256 / (D/8)); that row step
- * is a multiple of 8, so the swizzle (row % 8) and all offsets are fixed per thread: the address
- * arithmetic is done once, not per copy (it was the kernel's busiest pipe, with spills). */
-template <int D, int R, typename T>
-__device__ __forceinline__ void load_sw128(char *base, const T *g, int64_t stride, int valid, int tid) {
-    constexpr int chunks = D / 8, step = SM90_THREADS / chunks;
-    static_assert(step % 8 == 0 && R % step == 0, "tile shape");
-    const int col8 = tid % chunks, r0 = tid / chunks;
-    char *dst = base + (col8 / 8) * (R * 128) + r0 * 128 + (((col8 % 8) ^ (r0 & 7)) << 4);
-    const T *src = g + (int64_t)r0 * stride + col8 * 8;
-    const int64_t src_step = (int64_t)step * stride;
-#pragma unroll
-    for (int p = 0; p < R / step; p++) {
-        bool ok = r0 + p * step < valid;
-        moba_cp_async16(dst + p * step * 128, ok ? src + p * src_step : g, ok);
-    }
-}
-
-/* wgmma shared-memory descriptor, 128-byte swizzle: start address, leading and stride byte offsets. */
-__device__ __forceinline__ uint64_t sw128_desc(const char *p, uint32_t lbo, uint32_t sbo) {
-    uint32_t addr = moba_smem_addr(p);
-    return (uint64_t)((addr & 0x3ffff) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
-           (1ull << 62);
-}
-
-#ifdef MOBA_WGMMA
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit_wait() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-}
-/* Keeps the compiler from moving accumulator reads across the asynchronous wgmma. */
-template <int N> __device__ __forceinline__ void fence_regs(float *r) {
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
-}
-template <typename T> struct wg;
-template <> struct wg<__nv_bfloat16> {
-    static __device__ __forceinline__ void ss64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_ss_n64_bf16(d, a, b, acc); }
-    static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_bf16(d, a, b); }
-    static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_bf16(d, a, b); }
-};
-template <> struct wg<__half> {
-    static __device__ __forceinline__ void ss64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_ss_n64_f16(d, a, b, acc); }
-    static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_f16(d, a, b); }
-    static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_f16(d, a, b); }
-};
-#endif
+#include "sm90.h"
 
 /* MINB: CTAs per SM the registers are budgeted for (2: 128 registers, a few spills for d = 128;
  * 1: no spills, half the warps). */
@@ -104,6 +44,7 @@ __global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdAr
                             (int64_t)a.Hq * D, rows - w * ROWS, tid);
     moba_cp_async_commit();
     build_union(a, tile, h, bitmap, tid, SM90_THREADS);
+    if (a.kbm_flags) kbm_decide(a, tile, blockIdx.x, h, bitmap, tid, SM90_THREADS);
 
     /* this lane's rows: warp*16 + g (r = 0) and + 8 (r = 1); its warpgroup's last row */
     const int row0 = warp * 16 + g; /* warps 4..7 (second warpgroup) hold rows 64..127 */
@@ -152,8 +93,9 @@ __global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdAr
         const uint32_t *wn = need + wgi * 4;
         const bool work = (wn[0] | wn[1] | wn[2] | wn[3]) && !(cb == j && kp0 > wg_last);
         if (work) {
-
-        /* S = Q K^T: D/16 k-steps; k-step kk is 32 bytes into panel kk / 4 */
+        /* sm90_attend_chunk (sm90.h) written out: as a call, inlined all the same, this kernel spills
+         * twice as much (88 vs 44 bytes at d = 128, nvcc 13.0), and this is its inner loop.
+         * S = Q K^T: D/16 k-steps; k-step kk is 32 bytes into panel kk / 4 */
         const char *k_s = sK + stage * KV_BYTES, *v_s = sV + stage * KV_BYTES, *q_s = sQ + wgi * Q_BYTES;
         float s[BN / 8][4];
         wg_fence();
@@ -219,15 +161,19 @@ static int getenv_disabled(void) {
     return e && *e && *e != '0';
 }
 
-moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a) {
+int moba_cuda_sm90_applies(const moba_call *c) {
     int dev = 0, major = 0, minor = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
         cudaGetLastError();
-        return MOBA_ERR_UNSUPPORTED;
+        return 0;
     }
-    if (major != 9 || minor != 0 || c->p->block_size % SM90_BN != 0 || getenv_disabled()) return MOBA_ERR_UNSUPPORTED;
+    return major == 9 && minor == 0 && c->p->block_size % SM90_BN == 0 && !getenv_disabled();
+}
+
+moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a) {
+    if (!moba_cuda_sm90_applies(c)) return MOBA_ERR_UNSUPPORTED;
     int d = c->p->head_dim;
     if (c->p->dtype == MOBA_DTYPE_BF16)
         return d == 64 ? launch_sm90<__nv_bfloat16, 64>(c, a) : launch_sm90<__nv_bfloat16, 128>(c, a);

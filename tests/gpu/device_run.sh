@@ -4,7 +4,9 @@
 #   test      tests/gpu: test_cuda_forward (every dim x dtype x varlen x GQA x block size) and
 #             test_cuda_golden on .golden/ (a copy of ../shared/golden's bf16 case; carry it)
 #   sanitize  compute-sanitizer memcheck and racecheck on the quick subset (MOBA_GPU_TEST_QUICK=1)
-#   (test and sanitize run twice: the default dispatch, and MOBA_CUDA_NO_WGMMA=1 = portable kernel only)
+#   (test runs the default dispatch, MOBA_CUDA_NO_WGMMA=1 = portable kernel only, MOBA_CUDA_KBM=1 = every
+#   routed tile key-block-major, and that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes; sanitize the
+#   first and the last)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
 # Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
@@ -36,9 +38,9 @@ echo "build ok"
 for phase in $phases; do
   case $phase in
   test)
-    for v in 0 1; do  # 0: default (wgmma on Hopper where the block size allows), 1: mma.sync kernel only
-      MOBA_CUDA_NO_WGMMA=$v ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
-      echo "test_cuda_forward MOBA_CUDA_NO_WGMMA=$v rc=$?" | tee -a "$OUT/tests.log"
+    for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_NO_WGMMA=1 MOBA_CUDA_KBM=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"; do
+      env $env ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
+      echo "test_cuda_forward $env rc=$?" | tee -a "$OUT/tests.log"
       cat /tmp/t.log >> "$OUT/tests.log"
       grep -E "FAILED|routing:|passed" /tmp/t.log | head -12
       awk '/o err/ {split($0,a,"o err "); split(a[2],b," "); if (b[1]>m) m=b[1]} END {print "max o err", m}' /tmp/t.log
@@ -47,10 +49,10 @@ for phase in $phases; do
     cat /tmp/t.log >> "$OUT/tests.log"; tail -3 /tmp/t.log ;;
   sanitize)
     for tool in memcheck racecheck; do
-      for v in 0 1; do
-        MOBA_CUDA_NO_WGMMA=$v MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
+      for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_NO_WGMMA=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"; do
+        env $env MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
           ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
-        echo "compute-sanitizer $tool MOBA_CUDA_NO_WGMMA=$v rc=$?" | tee -a "$OUT/sanitize.log"
+        echo "compute-sanitizer $tool $env rc=$?" | tee -a "$OUT/sanitize.log"
         cat /tmp/t.log >> "$OUT/sanitize.log"
         grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED" /tmp/t.log | head -5
       done

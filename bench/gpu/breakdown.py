@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Where one MoBA CUDA forward spends its time: per-kernel GPU time of one call (torch.profiler/CUPTI
+sees libmoba's launches too), for bench_forward.py's cases.
+
+    python3 bench/gpu/breakdown.py --lib build/libmoba.so --case 1 --kind random
+Environment switches (MOBA_CUDA_KBM, MOBA_CUDA_KBM_RATIO, MOBA_CUDA_KBM_PAIRS) apply as usual.
+"""
+import argparse
+import ctypes
+import os
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(__file__))
+import bench_forward as bf  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", default="build/libmoba.so")
+    ap.add_argument("--case", type=int, default=0, help="index into bench_forward.TARGETS")
+    ap.add_argument("--kind", default="random")
+    args = ap.parse_args()
+    lib = bf.load_lib(args.lib)
+    n, h, block, topk, _ = bf.TARGETS[args.case]
+    gen = torch.Generator(device="cuda").manual_seed(n + h + block + topk)
+    q, k, v = bf.make_inputs(n, h, args.kind, gen)
+    o = torch.empty_like(q)
+    lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
+    p, cu = bf.make_params(lib, n, h, block, topk)
+    ws_bytes = ctypes.c_size_t()
+    bf.check(lib, lib.moba_workspace_size(ctypes.byref(p), bf.OP_FORWARD, ctypes.byref(ws_bytes)), "workspace")
+    ws = torch.empty(max(ws_bytes.value, 1), device="cuda", dtype=torch.uint8)
+
+    def moba():
+        bf.check(lib, lib.moba_forward(ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
+                                       lse.data_ptr(), ws.data_ptr(), ws_bytes.value), "moba_forward")
+
+    moba()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        moba()
+        torch.cuda.synchronize()
+    total = 0.0
+    rows = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            name = e.name.split("<")[0].split("(")[0][:40]
+            c, t = rows.get(name, (0, 0.0))
+            rows[name] = (c + 1, t + e.device_time)
+            total += e.device_time
+    env = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MOBA_CUDA"))
+    print(f"## {n // 1024}K H{h} B{block} top_k {topk} {args.kind} {env}: workspace {ws_bytes.value / 2**20:.0f} MiB,"
+          f" GPU kernel time {total / 1000:.3f} ms")
+    for name, (c, t) in sorted(rows.items(), key=lambda x: -x[1][1]):
+        print(f"  {name:40s} {c:5d} launches {t / 1000:8.3f} ms {100 * t / total:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,451 @@
+/*
+ * Key-block-major forward (Hopper), for routing without locality.
+ *
+ * The query-tile-major kernel (forward_sm90.cu) loads every block that any row of its 128-row tile
+ * selected and masks the rest; when neighbouring queries route independently that union is about
+ * the whole history and MoBA does dense work. Here every history selection (row, block) is a pair;
+ * pairs are grouped by (kv head, block) and a CTA takes up to 128 pairs of one group, so K/V of a
+ * block are loaded once per 128 queries that chose it and no MMA is wasted:
+ *     o_p = softmax(q K_b^T * scale) V_b,   lse_p = log sum exp(q K_b^T * scale)
+ * A row then merges the own-block result the query-tile-major kernel left in (o, lse) with its
+ * partials by their LSEs:
+ *     o = sum_x exp(lse_x - L) o_x,   L = log sum_x exp(lse_x).
+ * The tiles that go this way are the ones whose union has more than kbm_min_union history blocks
+ * (forward.h: kbm_decide); the others never come here.
+ *
+ * Partials (storage dtype + fp32 lse) cost memory, so pairs go in passes of at most plan->kcap,
+ * in unit order u = h * num_ftiles + f. Pair (unit u, row i, slot s) has the index
+ * h * kptot + fpairs[f] + i * nh + s (nh = min(block, slots - 1) history blocks per row of the
+ * tile), minus the pass's first index. Per pass: count (pairs per group) -> scan (offsets and the
+ * tile list) -> scatter (the pair list) -> attend -> merge. The order of rows inside a group comes
+ * from atomics, but a row's arithmetic is its own: the output is bitwise reproducible.
+ */
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "forward.h"
+#include "sm90.h"
+
+#define KBM_ROWS 128                            /* pairs per CTA: two warpgroups of 64 */
+#define KBM_SCAN_THREADS 1024
+#define KBM_UNITS_PER_CTA 4                     /* count / scatter */
+#define KBM_HIST_MAX 12288                      /* their shared histogram: 48 KiB */
+#define KBM_MIN_BUDGET ((int64_t)256 << 20)     /* partials may always take this many bytes */
+
+struct KbmArgs {
+    const void *q, *k, *v;
+    void *o;
+    float *lse;                 /* [Hq][total]: the own block's lse in, the merged lse out */
+    const int32_t *sel;         /* [Hq][total][stride] */
+    const moba_tile *ftiles;
+    const int32_t *cu_seqlens, *full_base;
+    const int64_t *fpairs;      /* [nf + 1] */
+    const int32_t *flags;       /* [Hq][nf]: tile handed off */
+    int32_t *cnt, *off;         /* [ng]: pairs per group (then a cursor), first pair of each group */
+    int32_t *ntiles;            /* [1] tiles of this pass */
+    int4 *tiles;                /* {kv head, first key row, first pair, pairs} */
+    int2 *plist;                /* {t * Hq + h, partial slot} grouped */
+    float *part_lse;            /* [kcap] */
+    void *part_o;               /* [kcap][D] storage dtype */
+    int64_t total, nf, ptot, tfb, ng, u0, s0;
+    int Hq, Hkv, group, B, stride, k1, num_seqs;
+    float scale_log2;
+};
+
+/* fn(pair index in the pass, token t, q head h, group g) for each history pair of unit u (all threads). */
+template <class Fn>
+__device__ __forceinline__ void for_each_pair(const KbmArgs &a, int64_t u, Fn &&fn) {
+    if (!a.flags[u]) return;
+    const int h = (int)(u / a.nf);
+    const int64_t f = u % a.nf;
+    const moba_tile tile = a.ftiles[f];
+    const int nh = min(tile.block, a.k1), rows = (int)(tile.row_end - tile.row_begin);
+    const int64_t base = (int64_t)h * a.ptot + a.fpairs[f] - a.s0;
+    const int64_t gbase = (int64_t)(h / a.group) * a.tfb + a.full_base[tile.seq];
+    const int32_t *tsel = a.sel + ((int64_t)h * a.total + tile.row_begin) * a.stride;
+    for (int x = threadIdx.x; x < rows * nh; x += blockDim.x) {
+        const int i = x / nh, s = x % nh;
+        fn(base + x, tile.row_begin + i, h, gbase + __ldg(tsel + (int64_t)i * a.stride + s));
+    }
+}
+
+/* The pairs of a group are counted per CTA in shared memory first: a group's global counter is hot
+ * (thousands of pairs per pass, and same-address atomics serialise), so one global atomic per
+ * (CTA, group) instead of one per pair. A CTA takes KBM_UNITS_PER_CTA consecutive units; its
+ * histogram covers the centroid slots of its first unit's kv head; pairs of another kv head (at a
+ * head boundary), or every pair when tfb > KBM_HIST_MAX, go to the global counters directly. */
+struct KbmHist {
+    int *hist;
+    int64_t g0, ub, ue;
+    bool on;
+    __device__ __forceinline__ KbmHist(const KbmArgs &a, int64_t units, int *smem) {
+        ub = a.u0 + (int64_t)blockIdx.x * KBM_UNITS_PER_CTA;
+        ue = min(ub + KBM_UNITS_PER_CTA, a.u0 + units);
+        g0 = (int64_t)((int)(ub / a.nf) / a.group) * a.tfb;
+        on = a.tfb <= KBM_HIST_MAX;
+        hist = smem;
+        if (on) {
+            for (int i = threadIdx.x; i < a.tfb; i += blockDim.x) hist[i] = 0;
+            __syncthreads();
+        }
+    }
+    __device__ __forceinline__ int *slot(const KbmArgs &a, int64_t g) const {
+        return on && g >= g0 && g < g0 + a.tfb ? hist + (g - g0) : NULL;
+    }
+};
+
+__global__ void __launch_bounds__(256) kbm_count_kernel(KbmArgs a, int64_t units) {
+    extern __shared__ int smem_hist[];
+    KbmHist H(a, units, smem_hist);
+    for (int64_t u = H.ub; u < H.ue; u++)
+        for_each_pair(a, u, [&](int64_t, int64_t, int, int64_t g) {
+            int *c = H.slot(a, g);
+            atomicAdd(c ? c : &a.cnt[g], 1);
+        });
+    if (!H.on) return;
+    __syncthreads();
+    for (int i = threadIdx.x; i < a.tfb; i += blockDim.x)
+        if (H.hist[i]) atomicAdd(&a.cnt[H.g0 + i], H.hist[i]);
+}
+
+/* The same count again, then one global atomic per (CTA, group) reserves the CTA's range of the
+ * group's pair list, and each pair takes the next place in it (shared atomics). */
+__global__ void __launch_bounds__(256) kbm_scatter_kernel(KbmArgs a, int64_t units) {
+    extern __shared__ int smem_hist[];
+    KbmHist H(a, units, smem_hist);
+    if (H.on) {
+        for (int64_t u = H.ub; u < H.ue; u++)
+            for_each_pair(a, u, [&](int64_t, int64_t, int, int64_t g) {
+                if (int *c = H.slot(a, g)) atomicAdd(c, 1);
+            });
+        __syncthreads();
+        for (int i = threadIdx.x; i < a.tfb; i += blockDim.x)
+            if (H.hist[i]) H.hist[i] = a.off[H.g0 + i] + atomicAdd(&a.cnt[H.g0 + i], H.hist[i]);
+        __syncthreads();
+    }
+    for (int64_t u = H.ub; u < H.ue; u++)
+        for_each_pair(a, u, [&](int64_t p, int64_t t, int h, int64_t g) {
+            int *c = H.slot(a, g);
+            const int at = c ? atomicAdd(c, 1) : a.off[g] + atomicAdd(&a.cnt[g], 1);
+            a.plist[at] = make_int2((int)(t * a.Hq + h), (int)p);
+        });
+}
+
+/* One CTA: exclusive prefix sums of the group counts (pair offsets) and of their tile counts, the
+ * tile list, and the counts reset to 0 for the scatter's cursors. */
+__global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a) {
+    __shared__ int64_t sp[KBM_SCAN_THREADS], st[KBM_SCAN_THREADS];
+    const int tid = threadIdx.x;
+    const int64_t per = (a.ng + KBM_SCAN_THREADS - 1) / KBM_SCAN_THREADS;
+    const int64_t g0 = min(a.ng, tid * per), g1 = min(a.ng, g0 + per);
+    int64_t np = 0, nt = 0;
+    for (int64_t g = g0; g < g1; g++) {
+        const int n = a.cnt[g];
+        np += n;
+        nt += (n + KBM_ROWS - 1) / KBM_ROWS;
+    }
+    sp[tid] = np;
+    st[tid] = nt;
+    __syncthreads();
+    for (int o = 1; o < KBM_SCAN_THREADS; o *= 2) { /* inclusive scan */
+        const int64_t vp = tid >= o ? sp[tid - o] : 0, vt = tid >= o ? st[tid - o] : 0;
+        __syncthreads();
+        sp[tid] += vp;
+        st[tid] += vt;
+        __syncthreads();
+    }
+    int64_t p = sp[tid] - np, t = st[tid] - nt;
+    for (int64_t g = g0; g < g1; g++) {
+        const int n = a.cnt[g];
+        a.off[g] = (int)p;
+        a.cnt[g] = 0;
+        if (n > 0) {
+            const int hk = (int)(g / a.tfb);
+            const int slot = (int)(g % a.tfb);
+            int lo = 0, hi = a.num_seqs - 1; /* the last sequence whose first slot is <= slot */
+            while (lo < hi) {
+                const int mid = (lo + hi + 1) / 2;
+                if (a.full_base[mid] <= slot) lo = mid;
+                else hi = mid - 1;
+            }
+            const int key0 = a.cu_seqlens[lo] + (slot - a.full_base[lo]) * a.B;
+            for (int k = 0; k * KBM_ROWS < n; k++)
+                a.tiles[t++] = make_int4(hk, key0, (int)p + k * KBM_ROWS, min(KBM_ROWS, n - k * KBM_ROWS));
+        }
+        p += n;
+    }
+    if (tid == KBM_SCAN_THREADS - 1) *a.ntiles = (int)st[tid];
+}
+
+/* One CTA per tile: up to 128 gathered query rows (64 per warpgroup) against the B keys of one
+ * history block (no mask: the block is full and before every row's own block). */
+template <typename T, int D>
+__global__ void __launch_bounds__(SM90_THREADS, 2) kbm_attend_kernel(KbmArgs a) {
+#ifdef MOBA_WGMMA
+    constexpr int BN = SM90_BN, ROWS = 64;
+    constexpr int Q_BYTES = ROWS * D * 2, KV_BYTES = BN * D * 2;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    char *sQ = smem, *sK = sQ + SM90_WGS * Q_BYTES, *sV = sK + 2 * KV_BYTES;
+    if ((int)blockIdx.x >= *a.ntiles) return; /* the grid is an upper bound */
+    const int4 tile = a.tiles[blockIdx.x];
+    const int hk = tile.x, n = tile.w;
+    const int2 *pl = a.plist + tile.z;
+    const int tid = threadIdx.x, wgi = tid / 128, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    const T *kg = reinterpret_cast<const T *>(a.k), *vg = reinterpret_cast<const T *>(a.v);
+    const int64_t kv_stride = (int64_t)a.Hkv * D;
+
+    for (int w = 0; w < SM90_WGS; w++)
+        load_sw128_gather<D, ROWS>(sQ + w * Q_BYTES, reinterpret_cast<const T *>(a.q), pl + w * ROWS, n - w * ROWS,
+                                   tid);
+    moba_cp_async_commit();
+    auto load_chunk = [&](int ci, int stage) {
+        const int64_t off = ((int64_t)(tile.y + ci * BN) * a.Hkv + hk) * D;
+        load_sw128<D, BN>(sK + stage * KV_BYTES, kg + off, kv_stride, BN, tid);
+        load_sw128<D, BN>(sV + stage * KV_BYTES, vg + off, kv_stride, BN, tid);
+        moba_cp_async_commit();
+    };
+    load_chunk(0, 0);
+
+    const int row0 = warp * 16 + g; /* this lane's rows row0 and row0 + 8; warps 4..7 hold 64..127 */
+    const bool take0 = row0 < n, take1 = row0 + 8 < n, work = wgi * ROWS < n;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float acc[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+
+    const int nch = a.B / BN;
+    for (int ci = 0; ci < nch; ci++) {
+        const int stage = ci & 1;
+        if (ci + 1 < nch) {
+            load_chunk(ci + 1, stage ^ 1);
+            moba_cp_async_wait<1>();
+        } else {
+            moba_cp_async_wait<0>();
+        }
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        __syncthreads();
+        if (work)
+            sm90_attend_chunk<T, D, BN, ROWS>(sQ + wgi * Q_BYTES, sK + stage * KV_BYTES, sV + stage * KV_BYTES, acc, m,
+                                              l, take0, take1, false, 0, 0, a.scale_log2);
+        __syncthreads(); /* the stage is free for the load after next */
+    }
+    T *po = reinterpret_cast<T *>(a.part_o);
+    const int slot0 = take0 ? pl[row0].y : 0, slot1 = take1 ? pl[row0 + 8].y : 0;
+    T *const orow[2] = {take0 ? po + (int64_t)slot0 * D : NULL, take1 ? po + (int64_t)slot1 * D : NULL};
+    float *const lse_at[2] = {take0 ? a.part_lse + slot0 : NULL, take1 ? a.part_lse + slot1 : NULL};
+    store_rows_to<T, D / 8>(orow, lse_at, acc, m, l, c, a.scale_log2);
+#else
+    __trap(); /* built for another target: the host never launches it there */
+#endif
+}
+
+/* One warp per (unit, row) of a handed-off tile: the own-block result and the row's partials merged
+ * by their LSEs, in fp32, back into o and lse. */
+template <typename T, int D>
+__global__ void __launch_bounds__(128) kbm_merge_kernel(KbmArgs a) {
+    constexpr int E = D / 32;
+    const int64_t u = a.u0 + blockIdx.x;
+    if (!a.flags[u]) return;
+    const int h = (int)(u / a.nf);
+    const int64_t f = u % a.nf;
+    const moba_tile tile = a.ftiles[f];
+    const int i = blockIdx.y * 4 + threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int nh = min(tile.block, a.k1);
+    if (i >= (int)(tile.row_end - tile.row_begin) || nh == 0) return;
+    const int64_t t = tile.row_begin + i;
+    const int64_t p0 = (int64_t)h * a.ptot + a.fpairs[f] - a.s0 + (int64_t)i * nh;
+    float *lse_at = a.lse + (int64_t)h * a.total + t;
+    const float own = *lse_at;
+    float M = own;
+    for (int s = 0; s < nh; s++) M = fmaxf(M, a.part_lse[p0 + s]);
+    T *orow = reinterpret_cast<T *>(a.o) + (t * a.Hq + h) * D + lane * E;
+    float w = expf(own - M), W = w, acc[E];
+#pragma unroll
+    for (int e = 0; e < E; e++) acc[e] = w * moba_pack<T>::to_f32(orow[e]);
+#pragma unroll 4
+    for (int s = 0; s < nh; s++) { /* unrolled: several partials' loads in flight */
+        w = expf(a.part_lse[p0 + s] - M);
+        W += w;
+        const T *po = reinterpret_cast<const T *>(a.part_o) + (p0 + s) * D + lane * E;
+#pragma unroll
+        for (int e = 0; e < E; e++) acc[e] += w * moba_pack<T>::to_f32(po[e]);
+    }
+#pragma unroll
+    for (int e = 0; e < E; e++) orow[e] = moba_pack<T>::from_f32(acc[e] / W);
+    __syncwarp();
+    if (lane == 0) *lse_at = M + logf(W);
+}
+
+/* ---- host ---- */
+
+int moba_cuda_kbm_enabled(const moba_call *c) {
+    const moba_params *p = c->p;
+    if (c->full_attention || p->top_k <= 1 || p->block_size % SM90_BN != 0) return 0;
+    if (c->L.total_tokens * p->num_q_heads >= INT_MAX) return 0; /* pair rows are int32 */
+    const char *e = getenv("MOBA_CUDA_KBM");
+    return !(e && *e == '0');
+}
+
+/* A tile goes key-block-major when its union has more than ratio * (top_k - 1) history blocks. The
+ * ratio is what a pair costs key-block-major against a (row, block) of the query-tile-major kernel,
+ * measured on an H200 (docs/cuda.md): about 2 at B = 128 (short tiles, partials), 1.2 at B = 512,
+ * below 1 at B = 4096 (full unmasked tiles beat the masked union walk even without waste): so
+ * B >= 2048 always, 256..1024 above 1.25, smaller above 2. MOBA_CUDA_KBM=1: every tile (tests);
+ * MOBA_CUDA_KBM_RATIO: another ratio. */
+int moba_cuda_kbm_min_union(const moba_call *c) {
+    const char *e = getenv("MOBA_CUDA_KBM");
+    if (e && *e == '1') return -1;
+    const int B = c->p->block_size;
+    const char *r = getenv("MOBA_CUDA_KBM_RATIO");
+    double ratio = r && *r ? atof(r) : (B >= 2048 ? -1.0 : B >= 256 ? 1.25 : 2.0);
+    if (ratio < 0) return -1;
+    double u = ratio * (c->slots - 1);
+    return u >= INT_MAX ? INT_MAX : (int)u;
+}
+
+static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off) {
+    const moba_params *p = c->p;
+    const moba_layout *L = &c->L;
+    const int64_t es = (int64_t)moba_dtype_size(p->dtype), D = p->head_dim, k1 = c->slots - 1;
+    int64_t ptot = 0; /* history pairs of one head: each row of block j has min(j, k1) */
+    for (int s = 0; s < L->num_seqs; s++) {
+        const int len = moba_seq_len(L, s);
+        for (int j = 0; j * L->block_size < len; j++) {
+            const int64_t rows = len - (int64_t)j * L->block_size < L->block_size ? len - (int64_t)j * L->block_size
+                                                                                  : L->block_size;
+            ptot += rows * (j < k1 ? j : k1);
+        }
+    }
+    plan->kptot = ptot;
+    const int64_t all = ptot * p->num_q_heads, per_pair = D * es + (int64_t)sizeof(float) + (int64_t)sizeof(int2);
+    /* partials: 10% of what dense attention's q, k, v, o, lse take, or at least KBM_MIN_BUDGET */
+    const int64_t dense = L->total_tokens * (2 * p->num_q_heads + 2 * p->num_kv_heads) * D * es +
+                          L->total_tokens * p->num_q_heads * (int64_t)sizeof(float);
+    int64_t cap = (dense / 10 > KBM_MIN_BUDGET ? dense / 10 : KBM_MIN_BUDGET) / per_pair;
+    const char *e = getenv("MOBA_CUDA_KBM_PAIRS"); /* tests: force many passes */
+    if (e && atoll(e) > 0) cap = atoll(e);
+    const int64_t unit_max = (int64_t)MOBA_FWD_TILE_ROWS * k1; /* a pass holds at least one tile */
+    if (cap < unit_max) cap = unit_max;
+    if (cap > all) cap = all;
+    if (cap > INT_MAX / 2) cap = INT_MAX / 2;
+    if (cap < 1) cap = 1;
+    plan->kcap = cap;
+    plan->kng = (int64_t)p->num_kv_heads * L->total_full_blocks;
+    plan->ktile_cap = cap / KBM_ROWS + (plan->kng < cap ? plan->kng : cap) + 1;
+
+    plan->kflags = off;
+    off = align256(off + sizeof(int32_t) * (size_t)(p->num_q_heads * plan->num_ftiles));
+    plan->klse = off;
+    off = align256(off + sizeof(float) * (size_t)(p->num_q_heads * L->total_tokens));
+    plan->kcnt = off;
+    off = align256(off + sizeof(int32_t) * (size_t)plan->kng);
+    plan->koff = off;
+    off = align256(off + sizeof(int32_t) * (size_t)plan->kng);
+    plan->kntiles = off;
+    off = align256(off + sizeof(int32_t));
+    plan->ktiles = off;
+    off = align256(off + sizeof(int4) * (size_t)plan->ktile_cap);
+    plan->kplist = off;
+    off = align256(off + sizeof(int2) * (size_t)cap);
+    plan->kpart_lse = off;
+    off = align256(off + sizeof(float) * (size_t)cap);
+    plan->kpart_o = off;
+    off = align256(off + (size_t)(es * D) * (size_t)cap);
+    return off;
+}
+
+template <typename T, int D>
+static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, int64_t units, int64_t pairs) {
+    cudaStream_t stream = (cudaStream_t)c->p->cuda_stream;
+    MOBA_CUDA_TRY(cudaMemsetAsync(a.cnt, 0, sizeof(int32_t) * (size_t)a.ng, stream));
+    const unsigned hist_ctas = (unsigned)((units + KBM_UNITS_PER_CTA - 1) / KBM_UNITS_PER_CTA);
+    const size_t hist_bytes = a.tfb <= KBM_HIST_MAX ? sizeof(int) * (size_t)a.tfb : 0;
+    kbm_count_kernel<<<hist_ctas, 256, hist_bytes, stream>>>(a, units);
+    MOBA_CUDA_LAUNCHED();
+    kbm_scan_kernel<<<1, KBM_SCAN_THREADS, 0, stream>>>(a);
+    MOBA_CUDA_LAUNCHED();
+    kbm_scatter_kernel<<<hist_ctas, 256, hist_bytes, stream>>>(a, units);
+    MOBA_CUDA_LAUNCHED();
+    int64_t bound = pairs / KBM_ROWS + (a.ng < pairs ? a.ng : pairs) + 1;
+    if (bound > plan->ktile_cap) bound = plan->ktile_cap;
+    const size_t smem = 1024 + (size_t)(64 * SM90_WGS + 4 * SM90_BN) * D * 2;
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_attend_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    kbm_attend_kernel<T, D><<<(unsigned)bound, SM90_THREADS, smem, stream>>>(a);
+    MOBA_CUDA_LAUNCHED();
+    kbm_merge_kernel<T, D><<<dim3((unsigned)units, MOBA_FWD_TILE_ROWS / 4), 128, 0, stream>>>(a);
+    MOBA_CUDA_LAUNCHED();
+    return MOBA_OK;
+}
+
+template <typename T, int D>
+static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, const int64_t *fpairs) {
+    const int64_t units = (int64_t)c->p->num_q_heads * plan->num_ftiles, nf = plan->num_ftiles;
+    /* passes: consecutive units whose pairs fit kcap */
+    for (int64_t u0 = 0; u0 < units;) {
+        const int64_t s0 = (u0 / nf) * plan->kptot + fpairs[u0 % nf];
+        int64_t u1 = u0, end = s0;
+        while (u1 < units) {
+            const int64_t e = (u1 / nf) * plan->kptot + fpairs[u1 % nf + 1];
+            if (u1 > u0 && e - s0 > plan->kcap) break;
+            end = e;
+            u1++;
+        }
+        if (end > s0) {
+            a.u0 = u0;
+            a.s0 = s0;
+            moba_status st = kbm_pass<T, D>(c, plan, a, u1 - u0, end - s0);
+            if (st != MOBA_OK) return st;
+        }
+        u0 = u1;
+    }
+    return MOBA_OK;
+}
+
+moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan, void *ws, const FwdArgs &f,
+                                  const int64_t *fpairs) {
+    const moba_params *p = c->p;
+    char *w = (char *)ws;
+    KbmArgs a;
+    memset(&a, 0, sizeof a);
+    a.q = f.q;
+    a.k = f.k;
+    a.v = f.v;
+    a.o = f.o;
+    a.lse = f.lse;
+    a.sel = f.sel;
+    a.ftiles = f.dl.ftiles;
+    a.cu_seqlens = f.dl.cu_seqlens;
+    a.full_base = f.dl.full_base;
+    a.fpairs = (const int64_t *)(w + plan->fpairs);
+    a.flags = (const int32_t *)(w + plan->kflags);
+    a.cnt = (int32_t *)(w + plan->kcnt);
+    a.off = (int32_t *)(w + plan->koff);
+    a.ntiles = (int32_t *)(w + plan->kntiles);
+    a.tiles = (int4 *)(w + plan->ktiles);
+    a.plist = (int2 *)(w + plan->kplist);
+    a.part_lse = (float *)(w + plan->kpart_lse);
+    a.part_o = w + plan->kpart_o;
+    a.total = f.total;
+    a.nf = plan->num_ftiles;
+    a.ptot = plan->kptot;
+    a.tfb = c->L.total_full_blocks;
+    a.ng = plan->kng;
+    a.Hq = f.Hq;
+    a.Hkv = f.Hkv;
+    a.group = f.group;
+    a.B = f.B;
+    a.stride = f.stride;
+    a.k1 = c->slots - 1;
+    a.num_seqs = p->num_seqs;
+    a.scale_log2 = f.scale_log2;
+    if (a.ng == 0 || a.ptot == 0) return MOBA_OK; /* no history anywhere */
+    if (p->dtype == MOBA_DTYPE_BF16)
+        return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs)
+                                 : kbm_run<__nv_bfloat16, 128>(c, plan, a, fpairs);
+    return p->head_dim == 64 ? kbm_run<__half, 64>(c, plan, a, fpairs) : kbm_run<__half, 128>(c, plan, a, fpairs);
+}

@@ -1,0 +1,128 @@
+/*
+ * Hopper (sm_90a) pieces the wgmma forward kernels share (forward_sm90.cu: query-tile-major,
+ * forward_kbm.cu: key-block-major): the 128-byte-swizzled shared tiles the tensor cores read,
+ * their descriptors, and the wgmma wrappers.
+ * A shared tile of R rows x D columns is D/64 panels of R rows x 128 bytes; the 16-byte chunk ch
+ * of row r sits at chunk ch ^ (r % 8). cp.async fills them (generic proxy), so each thread fences
+ * to the async proxy before the barrier that precedes the wgmma that reads them.
+ */
+#ifndef MOBA_CUDA_SM90_H
+#define MOBA_CUDA_SM90_H
+
+#include "forward.h"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MOBA_WGMMA 1
+#include "wgmma_ops.inc"
+#endif
+
+#define SM90_WGS 2 /* warpgroups per CTA: MOBA_FWD_TILE_ROWS / 64 */
+#define SM90_THREADS (128 * SM90_WGS)
+#define SM90_BN 64
+
+/* Copies a [R x D] tile (global row stride `stride`) into the swizzled layout; rows >= valid -> 0.
+ * Thread t always copies 16-byte chunk t % (D/8) of rows t / (D/8) + p * (256 / (D/8)); that row step
+ * is a multiple of 8, so the swizzle (row % 8) and all offsets are fixed per thread: the address
+ * arithmetic is done once, not per copy (it was the kernel's busiest pipe, with spills). */
+template <int D, int R, typename T>
+__device__ __forceinline__ void load_sw128(char *base, const T *g, int64_t stride, int valid, int tid) {
+    constexpr int chunks = D / 8, step = SM90_THREADS / chunks;
+    static_assert(step % 8 == 0 && R % step == 0, "tile shape");
+    const int col8 = tid % chunks, r0 = tid / chunks;
+    char *dst = base + (col8 / 8) * (R * 128) + r0 * 128 + (((col8 % 8) ^ (r0 & 7)) << 4);
+    const T *src = g + (int64_t)r0 * stride + col8 * 8;
+    const int64_t src_step = (int64_t)step * stride;
+#pragma unroll
+    for (int p = 0; p < R / step; p++) {
+        bool ok = r0 + p * step < valid;
+        moba_cp_async16(dst + p * step * 128, ok ? src + p * src_step : g, ok);
+    }
+}
+
+/* wgmma shared-memory descriptor, 128-byte swizzle: start address, leading and stride byte offsets. */
+__device__ __forceinline__ uint64_t sw128_desc(const char *p, uint32_t lbo, uint32_t sbo) {
+    uint32_t addr = moba_smem_addr(p);
+    return (uint64_t)((addr & 0x3ffff) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
+           (1ull << 62);
+}
+
+#ifdef MOBA_WGMMA
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit_wait() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+/* Keeps the compiler from moving accumulator reads across the asynchronous wgmma. */
+template <int N> __device__ __forceinline__ void fence_regs(float *r) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <typename T> struct wg;
+template <> struct wg<__nv_bfloat16> {
+    static __device__ __forceinline__ void ss64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_ss_n64_bf16(d, a, b, acc); }
+    static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_bf16(d, a, b); }
+    static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_bf16(d, a, b); }
+};
+template <> struct wg<__half> {
+    static __device__ __forceinline__ void ss64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_ss_n64_f16(d, a, b, acc); }
+    static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_f16(d, a, b); }
+    static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_f16(d, a, b); }
+};
+#endif
+
+/* One K/V chunk of the FlashAttention update for a warpgroup's 64 rows (shared tiles q_s [64 x D],
+ * k_s and v_s [BN x D]; online_softmax's arguments as in forward.h):
+ *     S = Q K^T   D/16 k-steps of m64nBNk16, k-step kk 32 bytes into panel kk / 4
+ *     O += P V    BN/16 k-steps, P from the S registers; k-step kk = keys 16kk.. = 2048 bytes into the
+ *                 tile; V's panels of 64 columns are BN * 128 bytes apart (leading offset), 8-key
+ *                 groups 1024 (stride). */
+template <typename T, int D, int BN, int ROWS>
+__device__ __forceinline__ void sm90_attend_chunk(const char *q_s, const char *k_s, const char *v_s,
+                                                  float (&acc)[D / 8][4], float (&m)[2], float (&l)[2], bool take0,
+                                                  bool take1, bool diag, int kcol0, int qpos0, float sl2) {
+#ifdef MOBA_WGMMA
+    float s[BN / 8][4];
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        uint64_t dq = sw128_desc(q_s + (kk / 4) * (ROWS * 128) + (kk % 4) * 32, 16, 1024);
+        uint64_t dk = sw128_desc(k_s + (kk / 4) * (BN * 128) + (kk % 4) * 32, 16, 1024);
+        wg<T>::ss64(&s[0][0], dq, dk, kk > 0);
+    }
+    wg_commit_wait();
+    fence_regs<BN / 2>(&s[0][0]);
+
+    online_softmax(s, acc, m, l, take0, take1, diag, kcol0, qpos0, sl2);
+    uint32_t pa[BN / 16][4];
+    pack_p<T>(s, pa);
+
+    fence_regs<D / 2>(&acc[0][0]);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+        uint64_t dv = sw128_desc(v_s + kk * 2048, BN * 128, 1024);
+        if (D == 128) wg<T>::rs128(&acc[0][0], pa[kk], dv);
+        else wg<T>::rs64(&acc[0][0], pa[kk], dv);
+    }
+    wg_commit_wait();
+    fence_regs<D / 2>(&acc[0][0]);
+#endif
+}
+
+/* Like load_sw128, rows gathered: row r of the tile is src + rows[r].x * D (rows >= valid -> 0). */
+template <int D, int R, typename T>
+__device__ __forceinline__ void load_sw128_gather(char *base, const T *src, const int2 *rows, int valid, int tid) {
+    constexpr int chunks = D / 8, step = SM90_THREADS / chunks;
+    static_assert(step % 8 == 0 && R % step == 0, "tile shape");
+    const int col8 = tid % chunks, r0 = tid / chunks;
+    char *dst = base + (col8 / 8) * (R * 128) + r0 * 128 + (((col8 % 8) ^ (r0 & 7)) << 4);
+#pragma unroll
+    for (int p = 0; p < R / step; p++) {
+        const int r = r0 + p * step;
+        const bool ok = r < valid;
+        const T *s = ok ? src + (int64_t)__ldg(&rows[r].x) * D + col8 * 8 : src;
+        moba_cp_async16(dst + p * step * 128, s, ok);
+    }
+}
+
+#endif
