@@ -14,8 +14,14 @@
  * bitwise prefill (tests/decode), which is checked against the float64 reference (tests/test_random.c).
  * Last, a page id out of range in the device block table: append and attend must neither crash nor
  * touch memory out of bounds; the other sequence's output stays right.
+ * The attend calls take turns through the variants of src/cuda/cache.cu (switches read per call): the
+ * default (route_kernel, or score + select past 512 blocks; the combine folded into attend; tiles dealt
+ * round robin to a unit's warps; programmatic dependent launch on sm_90), and every combination of
+ * MOBA_CUDA_DECODE_NO_PDL, MOBA_CUDA_DECODE_SPLIT (four kernels) and MOBA_CUDA_DECODE_CHUNKS (a contiguous
+ * chunk per warp), MoBA and full attention alike.
  * Exit 77 (ctest SKIP_RETURN_CODE) when there is no CUDA device.
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdint.h>
@@ -46,6 +52,13 @@ static int rand_int(ref_rng *r, int lo, int hi) { return lo + (int)(ref_rng_next
 
 static void up(void *d, const void *h, size_t bytes) { CUDA_OK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice)); }
 static void down(void *h, const void *d, size_t bytes) { CUDA_OK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost)); }
+
+/* Variant of the next CUDA attend calls: bit 0 no PDL, bit 1 the four-kernel split, bit 2 chunks. */
+static void set_pipeline(int mode) {
+    setenv("MOBA_CUDA_DECODE_NO_PDL", mode & 1 ? "1" : "0", 1);
+    setenv("MOBA_CUDA_DECODE_SPLIT", mode & 2 ? "1" : "0", 1);
+    setenv("MOBA_CUDA_DECODE_CHUNKS", mode & 4 ? "1" : "0", 1);
+}
 
 /* Device buffer equals host buffer, byte for byte. */
 static void same_bytes(const char *what, const char *name, const void *dev, const void *host, size_t bytes) {
@@ -92,6 +105,9 @@ static void attend_both(const char *name, moba_cache_params *cp, moba_cache_para
         ws = to_device(NULL, ws_bytes);
         CUDA_OK(cudaMemset(ws, 0xff, ws_bytes)); /* garbage in the workspace must not matter */
     }
+    static long long turn = 0; /* MoBA and full calls alternate: every variant comes to both */
+    set_pipeline((int)((turn + turn / 8) % 8));
+    turn++;
     st = moba_cache_attend(gp, lens, cu, dq, dk, dv, dtable, dc, dout, dlse, ws, ws_bytes);
     CHECK_FATAL(st == MOBA_OK, "%s: CUDA attend: %s", name, moba_last_error());
     CUDA_OK(cudaDeviceSynchronize());
@@ -261,12 +277,14 @@ static void run_case(const gcase *g) {
         const size_t nel = (size_t)cu[n] * g->hq * g->d;
         void *dq = to_device(NULL, nel * es + 16), *dout = to_device(NULL, nel * es + 16);
         CUDA_OK(cudaMemset(dq, 0, nel * es + 16));
-        for (int full = 0; full <= 1; full++) {
-            gp.full_attention = full;
+        for (int mode = 0; mode < 16; mode++) { /* MoBA and full, each variant */
+            gp.full_attention = mode & 1;
+            set_pipeline(mode / 2);
             moba_status st = moba_cache_attend(&gp, lens, cu, dq, dk, dv, dtable, dc, dout, NULL, NULL, 0);
             CHECK(st == MOBA_OK, "%s: attend with a bad page id: %s", name, moba_last_error());
             CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s: attend with a bad page id faulted", name);
         }
+        set_pipeline(0);
         gp.full_attention = 0;
         free(bad);
         up(dtable, htable, tbytes);
@@ -339,10 +357,12 @@ int main(int argc, char **argv) {
         {BF, 1, {333}, 2, 1, 64, 16, 1, 0, 6},          /* top_k 1: own block only      */
         {F16, 2, {260, 190}, 4, 4, 128, 16, 100, 4, 7}, /* top_k >= every block: all     */
         {BF, 1, {2100}, 16, 2, 128, 128, 6, 32, 8},
+        {BF, 1, {8300}, 2, 1, 64, 16, 40, 0, 9}, /* 519 blocks: score + select, not route_kernel */
     };
     const int ncases = (int)(sizeof cases / sizeof cases[0]);
     for (int i = 0; i < (quick ? 2 : ncases); i++) run_case(&cases[i]);
     bad_page_append();
+    set_pipeline(0);
     printf("attend calls %lld: worst o relative error %.3g (row %.3g), lse %.3g\n", attend_calls, worst_rel, worst_row,
            worst_lse);
     return check_done("test_cuda_decode");
