@@ -70,18 +70,18 @@ template <> struct wg<__half> {
 };
 #endif
 
-/* One K/V chunk of the FlashAttention update for a warpgroup's 64 rows (shared tiles q_s [64 x D],
- * k_s and v_s [BN x D]; online_softmax's arguments as in forward.h):
- *     S = Q K^T   D/16 k-steps of m64nBNk16, k-step kk 32 bytes into panel kk / 4
- *     O += P V    BN/16 k-steps, P from the S registers; k-step kk = keys 16kk.. = 2048 bytes into the
- *                 tile; V's panels of 64 columns are BN * 128 bytes apart (leading offset), 8-key
- *                 groups 1024 (stride). */
-template <typename T, int D, int BN, int ROWS>
-__device__ __forceinline__ void sm90_attend_chunk(const char *q_s, const char *k_s, const char *v_s,
-                                                  float (&acc)[D / 8][4], float (&m)[2], float (&l)[2], bool take0,
-                                                  bool take1, bool diag, int kcol0, int qpos0, float sl2) {
 #ifdef MOBA_WGMMA
-    float s[BN / 8][4];
+template <int N> __device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+#endif
+
+/* Issues (does not wait for) S = Q K^T for a warpgroup's 64 rows: D/16 k-steps of m64nBNk16, k-step kk
+ * 32 bytes into panel kk / 4 of the swizzled tiles q_s [64 x D] and k_s [BN x D]. One wgmma group. */
+template <typename T, int D, int BN, int ROWS>
+__device__ __forceinline__ void sm90_issue_s(const char *q_s, const char *k_s, float (&s)[BN / 8][4]) {
+#ifdef MOBA_WGMMA
+    fence_regs<BN / 2>(&s[0][0]);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
@@ -89,13 +89,15 @@ __device__ __forceinline__ void sm90_attend_chunk(const char *q_s, const char *k
         uint64_t dk = sw128_desc(k_s + (kk / 4) * (BN * 128) + (kk % 4) * 32, 16, 1024);
         wg<T>::ss64(&s[0][0], dq, dk, kk > 0);
     }
-    wg_commit_wait();
-    fence_regs<BN / 2>(&s[0][0]);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
 
-    online_softmax(s, acc, m, l, take0, take1, diag, kcol0, qpos0, sl2);
-    uint32_t pa[BN / 16][4];
-    pack_p<T>(s, pa);
-
+/* Issues O += P V: BN/16 k-steps, P from registers; k-step kk = keys 16kk.. = 2048 bytes into v_s; V's
+ * panels of 64 columns are BN * 128 bytes apart (leading offset), 8-key groups 1024 (stride). */
+template <typename T, int D, int BN>
+__device__ __forceinline__ void sm90_issue_pv(const char *v_s, float (&acc)[D / 8][4], const uint32_t (&pa)[BN / 16][4]) {
+#ifdef MOBA_WGMMA
     fence_regs<D / 2>(&acc[0][0]);
     wg_fence();
 #pragma unroll
@@ -104,7 +106,26 @@ __device__ __forceinline__ void sm90_attend_chunk(const char *q_s, const char *k
         if (D == 128) wg<T>::rs128(&acc[0][0], pa[kk], dv);
         else wg<T>::rs64(&acc[0][0], pa[kk], dv);
     }
-    wg_commit_wait();
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+/* One K/V chunk of the FlashAttention update for a warpgroup's 64 rows, each product waited for:
+ * S = Q K^T, online softmax (forward.h's arguments), O += P V. */
+template <typename T, int D, int BN, int ROWS>
+__device__ __forceinline__ void sm90_attend_chunk(const char *q_s, const char *k_s, const char *v_s,
+                                                  float (&acc)[D / 8][4], float (&m)[2], float (&l)[2], bool take0,
+                                                  bool take1, bool diag, int kcol0, int qpos0, float sl2) {
+#ifdef MOBA_WGMMA
+    float s[BN / 8][4];
+    sm90_issue_s<T, D, BN, ROWS>(q_s, k_s, s);
+    wg_wait<0>();
+    fence_regs<BN / 2>(&s[0][0]);
+    online_softmax(s, acc, m, l, take0, take1, diag, kcol0, qpos0, sl2);
+    uint32_t pa[BN / 16][4];
+    pack_p<T>(s, pa);
+    sm90_issue_pv<T, D, BN>(v_s, acc, pa);
+    wg_wait<0>();
     fence_regs<D / 2>(&acc[0][0]);
 #endif
 }

@@ -6,7 +6,7 @@
 #   sanitize  compute-sanitizer memcheck and racecheck on the quick subset (MOBA_GPU_TEST_QUICK=1)
 #   (test runs the default dispatch, MOBA_CUDA_NO_WGMMA=1 = portable kernel only, MOBA_CUDA_KBM=1 = every
 #   routed tile key-block-major, and that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes; sanitize the
-#   first and the last)
+#   first, second and fourth)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
 # Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
