@@ -144,11 +144,12 @@ __device__ __forceinline__ bool prefetch_next(ChunkWalk &walk, Load &&load_item,
 
 /* One chunk of the FlashAttention update for this lane's two rows (r = 0: row g, r = 1: row g + 8)
  * of a 16-row fragment: s [NT][4] holds raw scores <q, k> in the mma accumulator layout (column
- * kcol0 + nt*8 + (e & 1), row r = e >> 1) and leaves with P = exp2(s*sl2 - m*sl2); m (raw max),
- * l (this lane's partial row sums) and acc [DT][4] are rescaled. take_r: the row selected the
- * chunk's block; diag: it is the rows' own block, so keys after the query (qpos0 + 8r) are masked. */
-template <int NT, int DT>
-__device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (&acc)[DT][4], float (&m)[2], float (&l)[2],
+ * kcol0 + nt*8 + (e & 1), row r = e >> 1) and leaves with P = exp2(s*sl2 - m*sl2); m (raw max) and
+ * l (this lane's partial row sums) are updated, and alpha is the factor the output accumulators
+ * must be scaled by (rescale_acc) before P V is added. take_r: the row selected the chunk's block;
+ * diag: it is the rows' own block, so keys after the query (qpos0 + 8r) are masked. */
+template <int NT>
+__device__ __forceinline__ void softmax_update(float (&s)[NT][4], float (&m)[2], float (&l)[2], float (&alpha)[2],
                                                bool take0, bool take1, bool diag, int kcol0, int qpos0, float sl2) {
     if (diag || !(take0 && take1)) {
 #pragma unroll
@@ -166,7 +167,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (&acc)[D
         mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
         mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
     }
-    float alpha[2], base[2];
+    float base[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
@@ -187,6 +188,10 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (&acc)[D
         }
     l[0] = l[0] * alpha[0] + sum[0];
     l[1] = l[1] * alpha[1] + sum[1];
+}
+
+template <int DT>
+__device__ __forceinline__ void rescale_acc(float (&acc)[DT][4], const float (&alpha)[2]) {
     if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
         for (int nt = 0; nt < DT; nt++) {
@@ -196,6 +201,15 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (&acc)[D
             acc[nt][3] *= alpha[1];
         }
     }
+}
+
+/* Both: the update with the accumulators rescaled at once. */
+template <int NT, int DT>
+__device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (&acc)[DT][4], float (&m)[2], float (&l)[2],
+                                               bool take0, bool take1, bool diag, int kcol0, int qpos0, float sl2) {
+    float alpha[2];
+    softmax_update(s, m, l, alpha, take0, take1, diag, kcol0, qpos0, sl2);
+    rescale_acc(acc, alpha);
 }
 
 /* Packs P (the S accumulators after online_softmax) into the A fragments of the P V product. */

@@ -24,9 +24,9 @@
  * Thread t always copies 16-byte chunk t % (D/8) of rows t / (D/8) + p * (256 / (D/8)); that row step
  * is a multiple of 8, so the swizzle (row % 8) and all offsets are fixed per thread: the address
  * arithmetic is done once, not per copy (it was the kernel's busiest pipe, with spills). */
-template <int D, int R, typename T>
+template <int D, int R, typename T, int THREADS = SM90_THREADS>
 __device__ __forceinline__ void load_sw128(char *base, const T *g, int64_t stride, int valid, int tid) {
-    constexpr int chunks = D / 8, step = SM90_THREADS / chunks;
+    constexpr int chunks = D / 8, step = THREADS / chunks;
     static_assert(step % 8 == 0 && R % step == 0, "tile shape");
     const int col8 = tid % chunks, r0 = tid / chunks;
     char *dst = base + (col8 / 8) * (R * 128) + r0 * 128 + (((col8 % 8) ^ (r0 & 7)) << 4);
@@ -131,9 +131,9 @@ __device__ __forceinline__ void sm90_attend_chunk(const char *q_s, const char *k
 }
 
 /* Like load_sw128, rows gathered: row r of the tile is src + rows[r].x * D (rows >= valid -> 0). */
-template <int D, int R, typename T>
+template <int D, int R, typename T, int THREADS = SM90_THREADS>
 __device__ __forceinline__ void load_sw128_gather(char *base, const T *src, const int2 *rows, int valid, int tid) {
-    constexpr int chunks = D / 8, step = SM90_THREADS / chunks;
+    constexpr int chunks = D / 8, step = THREADS / chunks;
     static_assert(step % 8 == 0 && R % step == 0, "tile shape");
     const int col8 = tid % chunks, r0 = tid / chunks;
     char *dst = base + (col8 / 8) * (R * 128) + r0 * 128 + (((col8 % 8) ^ (r0 & 7)) << 4);

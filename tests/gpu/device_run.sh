@@ -5,8 +5,9 @@
 #             test_cuda_golden on .golden/ (a copy of ../shared/golden's bf16 case; carry it)
 #   sanitize  compute-sanitizer memcheck and racecheck on the quick subset (MOBA_GPU_TEST_QUICK=1)
 #   (test runs the default dispatch, MOBA_CUDA_NO_WGMMA=1 = portable kernel only, MOBA_CUDA_KBM=1 = every
-#   routed tile key-block-major, and that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes; sanitize the
-#   first, second and fourth)
+#   routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes, and both with
+#   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (opt-in); sanitize the default and
+#   the two smallest-pass runs)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
 # Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
@@ -38,7 +39,8 @@ echo "build ok"
 for phase in $phases; do
   case $phase in
   test)
-    for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_NO_WGMMA=1 MOBA_CUDA_KBM=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"; do
+    for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_NO_WGMMA=1 MOBA_CUDA_KBM=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1" \
+               "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1" "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"; do
       env $env ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
       echo "test_cuda_forward $env rc=$?" | tee -a "$OUT/tests.log"
       cat /tmp/t.log >> "$OUT/tests.log"
@@ -49,7 +51,8 @@ for phase in $phases; do
     cat /tmp/t.log >> "$OUT/tests.log"; tail -3 /tmp/t.log ;;
   sanitize)
     for tool in memcheck racecheck; do
-      for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_NO_WGMMA=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"; do
+      for env in MOBA_CUDA_DEFAULT=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1" \
+                 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"; do
         env $env MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
           ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
         echo "compute-sanitizer $tool $env rc=$?" | tee -a "$OUT/sanitize.log"
