@@ -84,12 +84,7 @@ __global__ void __launch_bounds__(FWD_THREADS, 2) moba_fwd_kernel(FwdArgs a) {
     float m[MT][2], l[MT][2];
     float acc[MT][D / 8][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
-        m[mt][0] = m[mt][1] = -INFINITY;
-        l[mt][0] = l[mt][1] = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < D / 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
-    }
+    for (int mt = 0; mt < MT; mt++) attn_state_init(m[mt], l[mt], acc[mt]);
 
     ChunkWalk walk;
     walk.init(bitmap, j, B, BN, len, qlast);

@@ -212,6 +212,15 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (&acc)[D
     rescale_acc(acc, alpha);
 }
 
+/* The empty FlashAttention state of this lane's two rows: m = -inf, l = 0, acc = 0. */
+template <int DT>
+__device__ __forceinline__ void attn_state_init(float (&m)[2], float (&l)[2], float (&acc)[DT][4]) {
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < DT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+}
+
 /* Packs P (the S accumulators after online_softmax) into the A fragments of the P V product. */
 template <typename T, int NT>
 __device__ __forceinline__ void pack_p(const float (&s)[NT][4], uint32_t (&pa)[NT / 2][4]) {

@@ -226,10 +226,8 @@ __global__ void __launch_bounds__(SM90_THREADS, 2) kbm_attend_kernel(KbmArgs a) 
 
     const int row0 = warp * 16 + g; /* this lane's rows row0 and row0 + 8; warps 4..7 hold 64..127 */
     const bool take0 = row0 < n, take1 = row0 + 8 < n, work = wgi * ROWS < n;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    float acc[D / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    float m[2], l[2], acc[D / 8][4];
+    attn_state_init(m, l, acc);
 
     const int nch = a.B / BN;
     for (int ci = 0; ci < nch; ci++) {
@@ -345,10 +343,7 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
     for (int n = 0; n < mine; n++) {
         const int s0 = n * nch;
         const char *q_s = sQ + (n % 2 * 2 + cw) * Q_BYTES;
-        m[0] = m[1] = -INFINITY;
-        l[0] = l[1] = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < D / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+        attn_state_init(m, l, acc);
         mbar_wait(&full[s0 % NS], (s0 / NS) & 1);
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         {

@@ -56,10 +56,8 @@ __global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdAr
         nxt[r] = (a.mode == 0 && row0 + 8 * r < rows) ? __ldg(tsel + pos[r]) : INT_MAX;
     }
 
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    float acc[D / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    float m[2], l[2], acc[D / 8][4];
+    attn_state_init(m, l, acc);
 
     ChunkWalk walk;
     walk.init(bitmap, j, a.B, BN, len, qpos0 + rows - 1);
