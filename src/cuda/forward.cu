@@ -223,21 +223,24 @@ static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan 
     a.B = p->block_size;
     a.scale_log2 = c->scale * 1.4426950408889634f;
     a.mode = c->full_attention ? 1 : (p->top_k == 1 ? 2 : 0);
+    const int sm90 = moba_cuda_sm90_applies(c); /* Hopper: wgmma */
     if (a.mode == 0) {
         int32_t *sel = (int32_t *)((char *)ws + plan->sel);
         moba_status st = moba_cuda_route_into(c, plan, ws, dl, q, k, sel, plan->sel_stride);
         if (st != MOBA_OK) return st;
         a.sel = sel;
         a.stride = plan->sel_stride;
-        if (plan->kbm && plan->kptot > 0 && moba_cuda_sm90_applies(c)) {
+        if (plan->kbm && plan->kptot > 0 && sm90) {
             a.kbm_flags = (int32_t *)((char *)ws + plan->kflags);
             a.kbm_min_union = moba_cuda_kbm_min_union(c);
             if (!a.lse) a.lse = (float *)((char *)ws + plan->klse); /* the merge needs the own block's lse */
         }
     }
-    moba_status st = moba_cuda_forward_sm90(c, a); /* Hopper: wgmma */
-    if (st == MOBA_OK && a.kbm_flags) return moba_cuda_forward_kbm(c, plan, ws, a, fpairs);
-    if (st != MOBA_ERR_UNSUPPORTED) return st;
+    if (sm90) {
+        moba_status st = moba_cuda_forward_sm90(c, a);
+        if (st == MOBA_OK && a.kbm_flags) st = moba_cuda_forward_kbm(c, plan, ws, a, fpairs);
+        return st;
+    }
     int d = p->head_dim;
     if (p->dtype == MOBA_DTYPE_BF16)
         return d == 64 ? launch_forward_d<__nv_bfloat16, 64>(c, a, plan->num_ftiles)

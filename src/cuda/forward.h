@@ -27,7 +27,8 @@ struct FwdArgs {
     int kbm_min_union;
 };
 
-/* Hopper path (forward_sm90.cu): MOBA_ERR_UNSUPPORTED (no message) when it does not apply. */
+/* Hopper path (forward_sm90.cu): does it apply to this call (sm_90, B % 64 == 0, not switched off), and
+ * its launch (only where it applies). */
 int moba_cuda_sm90_applies(const moba_call *c);
 moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a);
 /* Key-block-major second half (forward_kbm.cu), after forward_sm90 ran with a.kbm_flags set:

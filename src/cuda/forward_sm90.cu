@@ -171,7 +171,6 @@ int moba_cuda_sm90_applies(const moba_call *c) {
 }
 
 moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a) {
-    if (!moba_cuda_sm90_applies(c)) return MOBA_ERR_UNSUPPORTED;
     int d = c->p->head_dim;
     if (c->p->dtype == MOBA_DTYPE_BF16)
         return d == 64 ? launch_sm90<__nv_bfloat16, 64>(c, a) : launch_sm90<__nv_bfloat16, 128>(c, a);
