@@ -118,12 +118,7 @@ __global__ void index_keys_kernel(const int32_t *__restrict__ sel, const int32_t
     if (i >= items) return;
     const int64_t ht = i / stride, t = ht % total, h = ht / total;
     const int e = sel[i];
-    int lo = 0, hi = num_seqs - 1; /* the sequence of row t: last s with cu[s] <= t (and a non-empty one) */
-    while (lo < hi) {
-        int mid = (lo + hi + 1) / 2;
-        if (cu[mid] <= t) lo = mid;
-        else hi = mid - 1;
-    }
+    const int lo = moba_seg_of(cu, num_seqs, t); /* the sequence of row t (a non-empty one) */
     keys[i] = e < 0 ? sentinel : (int32_t)(h * total_blocks + block_base[lo] + e); /* empty slots sort last */
     vals[i] = (int32_t)t;
 }

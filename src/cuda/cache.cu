@@ -71,18 +71,6 @@ __device__ __forceinline__ int64_t cache_row(const CacheGeom &g, int s, int64_t 
     return page * g.page_size + t % g.page_size;
 }
 
-/* Last index s with base[s] <= x (base non-decreasing, n entries). */
-template <typename I>
-__device__ __forceinline__ int seg_of(const I *base, int n, int64_t x) {
-    int lo = 0, hi = n - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) / 2;
-        if (base[mid] <= x) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
-}
-
 static CacheGeom geom_of(const moba_cache_call *c) {
     const moba_cache_params *p = c->p;
     CacheGeom g;
@@ -104,7 +92,7 @@ __global__ void copy_kernel(const uint4 *__restrict__ k_new, const uint4 *__rest
          i += (int64_t)gridDim.x * blockDim.x) {
         int64_t tok = i / pieces;
         int x = (int)(i % pieces);
-        int s = seg_of(cu, n + 1, tok);
+        int s = moba_seg_of(cu, n + 1, tok);
         int64_t row = cache_row(g, s, lens[s] + tok - cu[s]);
         if (row < 0) continue; /* bad page id: skipped */
         k_cache[row * pieces + x] = k_new[i];
@@ -118,7 +106,7 @@ __global__ void centroid_kernel(const T *__restrict__ k_cache, T *cent, const in
                                 int slots) {
     const int64_t item = blockIdx.x;
     const int hk = blockIdx.y, x = threadIdx.x;
-    const int s = seg_of(done_base, n + 1, item);
+    const int s = moba_seg_of(done_base, n + 1, item);
     const int64_t block = lens[s] / B + (item - done_base[s]);
     /* sequential fp32 sum (the CPU's order); 16 loads in flight before they are added */
     float sum = 0.0f;

@@ -92,6 +92,27 @@ size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off);
 
 #ifdef __CUDACC__
 
+/* Last index s < n with base[s] <= x (base non-decreasing, base[0] <= x): the segment holding x, the
+ * last of several empty ones ending there skipped. */
+template <typename I>
+__device__ __forceinline__ int moba_seg_of(const I *base, int n, int64_t x) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (base[mid] <= x) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* First key row (packed token index) of centroid slot `slot`: its sequence s is the last one whose
+ * first slot full_base[s] is <= slot, and the slot is block slot - full_base[s] of it. */
+__device__ __forceinline__ int64_t moba_slot_key0(const int32_t *cu, const int32_t *full_base, int num_seqs,
+                                                  int64_t slot, int B) {
+    const int s = moba_seg_of(full_base, num_seqs, slot);
+    return cu[s] + (slot - full_base[s]) * (int64_t)B;
+}
+
 /* Storage type traits: bf16 and f16 share all code. */
 template <typename T> struct moba_pack;
 template <> struct moba_pack<__nv_bfloat16> {

@@ -164,14 +164,8 @@ __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a) {
         a.cnt[g] = 0;
         if (n > 0) {
             const int hk = (int)(g / a.tfb);
-            const int slot = (int)(g % a.tfb);
-            int lo = 0, hi = a.num_seqs - 1; /* the last sequence whose first slot is <= slot */
-            while (lo < hi) {
-                const int mid = (lo + hi + 1) / 2;
-                if (a.full_base[mid] <= slot) lo = mid;
-                else hi = mid - 1;
-            }
-            const int key0 = a.cu_seqlens[lo] + (slot - a.full_base[lo]) * a.B;
+            const int64_t slot = g % a.tfb;
+            const int key0 = (int)moba_slot_key0(a.cu_seqlens, a.full_base, a.num_seqs, slot, a.B);
             for (int k = 0; k * KBM_ROWS < n; k++)
                 a.tiles[t++] = make_int4(hk, key0, (int)p + k * KBM_ROWS, min(KBM_ROWS, n - k * KBM_ROWS));
         }

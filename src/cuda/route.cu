@@ -29,13 +29,7 @@ __global__ void centroid_kernel(const T *__restrict__ k, T *__restrict__ cent, c
                                 int64_t total_full) {
     int64_t slot = blockIdx.x;
     int hk = blockIdx.y, x = threadIdx.x;
-    int lo = 0, hi = num_seqs - 1; /* last sequence s with full_base[s] <= slot */
-    while (lo < hi) {
-        int mid = (lo + hi + 1) / 2;
-        if (full_base[mid] <= slot) lo = mid;
-        else hi = mid - 1;
-    }
-    int64_t t0 = cu[lo] + (slot - full_base[lo]) * (int64_t)B;
+    int64_t t0 = moba_slot_key0(cu, full_base, num_seqs, slot, B);
     const T *src = k + (t0 * Hkv + hk) * d + x;
     int64_t step = (int64_t)Hkv * d;
     /* The sum must stay sequential (bit-equal to the CPU); what is slow is the load latency, so
