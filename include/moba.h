@@ -92,8 +92,8 @@ typedef struct {
     int top_k;                  /* >= 1 blocks per query, counting the query's own block         */
     float softmax_scale;        /* > 0; 0 means 1/sqrt(head_dim)                                 */
 
-    int deterministic;          /* backward: 1 = bitwise reproducible dq/dk/dv (CPU and CUDA both
-                                   always are today: no atomics; 0 leaves room for a faster mode) */
+    int deterministic;          /* backward: 1 = bitwise reproducible dq/dk/dv. The CPU always is; CUDA
+                                   with 0 sums dq with atomics (faster, more workspace: docs/cuda-backward.md) */
 } moba_params;
 
 /* Defaults: CPU backend, F32, softmax_scale 0 (= 1/sqrt(d)), everything else 0/NULL. */

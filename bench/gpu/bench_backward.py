@@ -24,7 +24,7 @@ OP_BACKWARD = 1
 TARGETS_FB = [t[:4] + (f,) for t, f in zip(TARGETS, (6.0, 8.0, 1.4, 6.0))]  # the backward issue's targets
 
 
-def run_case(lib, n, h, block, topk, target, kind, quick):
+def run_case(lib, n, h, block, topk, target, kind, quick, deterministic=False):
     gen = torch.Generator(device="cuda").manual_seed(n + h + block + topk)
     q, k, v = make_inputs(n, h, kind, gen)
     do = torch.randn(n, h, D, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -32,6 +32,7 @@ def run_case(lib, n, h, block, topk, target, kind, quick):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
     p, cu = make_params(lib, n, h, block, topk)
+    p.deterministic = 1 if deterministic else 0
     fb, bb = ctypes.c_size_t(), ctypes.c_size_t()
     check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_FORWARD, ctypes.byref(fb)), "workspace")
     check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_BACKWARD, ctypes.byref(bb)), "workspace")
@@ -80,17 +81,20 @@ def main():
     ap.add_argument("--quick", action="store_true", help="3 repetitions everywhere")
     ap.add_argument("--only", type=int, default=-1, help="run only this target (0..3)")
     ap.add_argument("--kinds", default="random,local", help="inputs, comma-separated: random, local, clustered")
+    ap.add_argument("--deterministic", action="store_true", help="the bitwise reproducible backward (separate dq pass)")
     args = ap.parse_args()
     lib = load_lib(args.lib)
     vp, sz = ctypes.c_void_p, ctypes.c_size_t
     lib.moba_backward.argtypes = [ctypes.POINTER(Params)] + [vp] * 10 + [sz]
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, d={D}, one sequence, fwd+bwd")
+    mode = "deterministic" if args.deterministic else "default (atomic dq)"
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, d={D}, one sequence, fwd+bwd, "
+          f"backward mode: {mode}")
     rows = []
     for i, (n, h, b, k, tgt) in enumerate(TARGETS_FB):
         if args.only >= 0 and i != args.only:
             continue
         for kind in args.kinds.split(","):
-            r = run_case(lib, n, h, b, k, tgt, kind, args.quick)
+            r = run_case(lib, n, h, b, k, tgt, kind, args.quick, args.deterministic)
             rows.append(r)
             print(f"  done {n} {h} {b} {k} {kind}: {r['speedup']:.2f}x", file=sys.stderr, flush=True)
     hdr = ("N", "H", "B", "top_k", "input", "SDPA f+b ms", "MoBA f+b ms", "speedup", "target", "MoBA bwd ms",

@@ -178,7 +178,8 @@ moba_status moba_cuda_route(const moba_call *c, const void *q, const void *k, in
 }
 
 /* Backward: routing recomputed as in the forward, then D, the inverted index and the gradients
- * (backward.cu). Deterministic whatever p->deterministic says: nothing is summed with atomics. */
+ * (backward.cu). Default: dq summed with fp32 atomics (not bitwise reproducible); deterministic = 1:
+ * a separate dq pass, bitwise reproducible. */
 moba_status moba_cuda_backward(const moba_call *c, const void *dout, const void *q, const void *k, const void *v,
                                const void *o, const float *lse, void *dq, void *dk, void *dv, void *ws) {
     moba_status st = moba_cuda_check_call(c, "moba_backward");

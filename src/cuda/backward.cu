@@ -1,6 +1,6 @@
 /*
- * GPU backward (mma.sync m16n8k16, any GPU >= sm_80), deterministic by construction like the CPU
- * backward (src/cpu/backward.c). With p_tc = exp(s <q_t,k_c> - lse_t) over the keys c row t attends:
+ * GPU backward (mma.sync m16n8k16, any GPU >= sm_80). With p_tc = exp(s <q_t,k_c> - lse_t) over the
+ * keys c row t attends:
  *   D_t   = <do_t, o_t>
  *   dv_c  = sum_t p_tc do_t
  *   ds_tc = p_tc (<do_t, v_c> - D_t)
@@ -12,13 +12,17 @@
  *      (q head, global block) with the row as value, stably radix-sorted (CUB), so each key's rows
  *      come out ascending; offsets by binary search. Full attention (every later row of the sequence)
  *      and top_k = 1 (the rows of the block) need no index: the rows are one contiguous range;
- *   3. dq: one CTA per (64-row query tile, q head) walks the union of its rows' selected blocks in
- *      chunks of BN keys (forward.h's ChunkWalk), recomputes P from lse, dS = P (dP - D), dq += dS K;
+ *   3. (deterministic mode only) dq: one CTA per (64-row query tile, q head) walks the union of its
+ *      rows' selected blocks in chunks of BN keys (forward.h's ChunkWalk), recomputes P from lse,
+ *      dS = P (dP - D), dq += dS K;
  *   4. dk, dv: one CTA per (64-key tile of one block, kv head) loops over the group's q heads and the
- *      rows that selected the block, RC rows at a time gathered into shared memory, and accumulates
- *      dv += P^T dO, dk += dS^T Q in registers.
- * Every dq/dk/dv element is summed by one thread in a fixed order and nothing uses atomics, so the
- * results are bitwise reproducible; the default and the deterministic mode are the same code.
+ *      rows that selected the block, RC rows at a time gathered into shared memory (double-buffered),
+ *      and accumulates dv += P^T dO, dk += dS^T Q in registers. In the default mode it also adds the
+ *      gathered rows' dq += dS K over its 64 keys to an fp32 buffer with atomics (then scaled and
+ *      rounded by dq_convert_kernel): no second walk, and no union of selections (the dq pass walks
+ *      the union of a 64-row tile's blocks, 3-5x the work on inputs without routing locality).
+ * deterministic = 1: every dq/dk/dv element is summed by one thread in a fixed order and nothing uses
+ * atomics, so the results are bitwise reproducible. dk and dv are the same code in both modes.
  */
 #include <math.h>
 
@@ -28,12 +32,14 @@
 
 #define BWD_THREADS 128
 #define BWD_TILE 64 /* query rows per dq tile, keys per dk/dv tile: the 64-row layout tiles */
+#define BWD_DS_LD (BWD_TILE + 8) /* row stride of the fused dq's dS tile [RC rows][64 keys] in shared memory */
 
 struct BwdArgs {
     FwdArgs f;              /* q, k, v, sel, stride, mode, dl, sizes, scale_log2 (build_union reads it) */
     const void *dout, *o;
     const float *lse;
     void *dq, *dk, *dv;
+    float *dq_acc;          /* [total][Hq][D] fp32 (the fused, non-deterministic mode) */
     float *delta;           /* [Hq][total] */
     const int32_t *row_off; /* [Hq * total_blocks + 1] (mode 0) */
     const int32_t *rows;    /* rows of each (q head, block), ascending (mode 0) */
@@ -45,7 +51,7 @@ struct BwdArgs {
 /* ---- workspace (after the forward's pieces; offsets in bytes, 256-aligned) ---- */
 
 struct BwdPlan {
-    size_t delta, block_base, keys_in, vals_in, keys_out, vals_out, row_off, cub_temp, cub_bytes, total;
+    size_t delta, dq_acc, block_base, keys_in, vals_in, keys_out, vals_out, row_off, cub_temp, cub_bytes, total;
     int64_t items;  /* selection entries sorted (mode 0) */
     int key_bits;   /* radix-sort bits (>= 1): keys are < 2^key_bits */
 };
@@ -54,12 +60,20 @@ static size_t a256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 static int bwd_mode(const moba_call *c) { return c->full_attention ? 1 : (c->p->top_k == 1 ? 2 : 0); }
 
+/* The default mode sums dq with atomics in the dk/dv pass (faster: no second walk over the keys);
+ * deterministic = 1 runs the separate dq pass, which sums in a fixed order. */
+static bool bwd_fuse_dq(const moba_call *c) { return !c->p->deterministic; }
+
 /* Lays out the backward's own pieces from offset `off`; returns the end. */
 static size_t bwd_plan(const moba_call *c, size_t off, BwdPlan *bp) {
     const moba_params *p = c->p;
     memset(bp, 0, sizeof *bp);
     bp->delta = off;
     off = a256(off + (size_t)p->num_q_heads * c->L.total_tokens * sizeof(float));
+    if (bwd_fuse_dq(c)) {
+        bp->dq_acc = off;
+        off = a256(off + (size_t)c->L.total_tokens * p->num_q_heads * p->head_dim * sizeof(float));
+    }
     if (bwd_mode(c) != 0) return bp->total = off;
     bp->items = (int64_t)p->num_q_heads * c->L.total_tokens * c->slots;
     int64_t keys = (int64_t)p->num_q_heads * c->L.total_blocks + 1; /* + the sentinel of empty slots */
@@ -139,23 +153,32 @@ __global__ void index_offsets_kernel(const int32_t *__restrict__ keys, int64_t i
 
 /* ---- shared pieces of the two gradient kernels ---- */
 
-/* Copies rows s_rows[0..ROWS) (packed token indices, -1 = none: zero-filled) of one head of a
- * [total][H][D] tensor into shared memory of row stride D + 8. */
-template <int D, int ROWS, typename T>
-__device__ __forceinline__ void gather_rows(T *smem, const T *g, const int32_t *s_rows, int64_t row_stride, int tid) {
+/* 4 bytes global -> shared, zero-filled when !valid. */
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(moba_smem_addr(dst)), "l"(src),
+                 "r"(valid ? 4 : 0));
+}
+
+/* Copies rows row_of(0..ROWS) (packed token indices, -1 = none: zero-filled) of one head of two
+ * [total][H][D] tensors (q and dO) into shared memory of row stride D + 8. */
+template <int D, int ROWS, typename T, class RowOf>
+__device__ __forceinline__ void gather_rows(T *sa, T *sb, const T *ga, const T *gb, RowOf &&row_of,
+                                            int64_t row_stride, int tid) {
     constexpr int per_row = D / 8, step = BWD_THREADS / per_row;
     static_assert(BWD_THREADS % per_row == 0 && ROWS % step == 0, "tile shape");
     const int c = (tid % per_row) * 8, r0 = tid / per_row;
 #pragma unroll
     for (int p = 0; p < ROWS / step; p++) {
-        const int r = r0 + p * step, t = s_rows[r];
-        moba_cp_async16(smem + r * (D + 8) + c, t >= 0 ? g + (int64_t)t * row_stride + c : g, t >= 0);
+        const int r = r0 + p * step, t = row_of(r);
+        const int64_t off = t >= 0 ? (int64_t)t * row_stride + c : 0;
+        moba_cp_async16(sa + r * (D + 8) + c, ga + off, t >= 0);
+        moba_cp_async16(sb + r * (D + 8) + c, gb + off, t >= 0);
     }
 }
 
 /* acc[DT][4] (+)= A[16 x KN] B[KN x D] with A given as KN/16 packed fragments and B row-major
- * [KN][D + 8] in shared memory (ldmatrix .trans): the "P V" product of the forward. */
-template <typename T, int KN, int D>
+ * [KN][LD] in shared memory (ldmatrix .trans): the "P V" product of the forward. */
+template <typename T, int KN, int D, int LD = D + 8>
 __device__ __forceinline__ void mma_a_bsmem(float (&acc)[D / 8][4], const uint32_t (&a)[KN / 16][4], const T *b,
                                             int lane) {
 #pragma unroll
@@ -163,7 +186,7 @@ __device__ __forceinline__ void mma_a_bsmem(float (&acc)[D / 8][4], const uint32
 #pragma unroll
         for (int dp = 0; dp < D / 16; dp++) {
             uint32_t bv[4];
-            moba_ldmatrix_x4_trans(bv, b + (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * (D + 8) + dp * 16 +
+            moba_ldmatrix_x4_trans(bv, b + (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * LD + dp * 16 +
                                            (lane / 16) * 8);
             moba_mma<T>(acc[2 * dp], a[kk], bv);
             moba_mma<T>(acc[2 * dp + 1], a[kk], bv + 2);
@@ -305,17 +328,52 @@ __global__ void __launch_bounds__(BWD_THREADS) dq_kernel(BwdArgs a) {
     }
 }
 
-/* ---- step 4: dk, dv per (key tile, kv head) ---- */
-
+/* dq_acc[rows] += dS [RC x 64] K [64 x D] for one gathered row chunk: warp w takes row group
+ * w % (RC/16) and a 1/(4/(RC/16)) share of the columns; 16 or 32 fp32 atomics per thread. */
 template <typename T, int D, int RC>
+__device__ __forceinline__ void fused_dq(const BwdArgs &a, const T *sDS, const T *sK, const int32_t *s_rows, int h,
+                                         int warp, int lane) {
+    constexpr int RG = RC / 16, CS = 4 / RG, DW = D / CS;
+    static_assert(RG * CS == 4, "4 warps over the dq tile");
+    const int rg = warp % RG, col0 = (warp / RG) * DW, g = lane / 4, c = lane % 4;
+    uint32_t af[BWD_TILE / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BWD_TILE / 16; kk++) a_frag_smem<BWD_TILE>(af[kk], sDS, rg * 16, kk, lane);
+    float acc[DW / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < DW / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    mma_a_bsmem<T, BWD_TILE, DW, D + 8>(acc, af, sK + col0, lane);
+    for (int r = 0; r < 2; r++) {
+        const int32_t t = s_rows[rg * 16 + g + 8 * r];
+        if (t < 0) continue;
+        float *dst = a.dq_acc + ((int64_t)t * a.f.Hq + h) * D + col0 + 2 * c;
+#pragma unroll
+        for (int nt = 0; nt < DW / 8; nt++) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            atomicAdd(reinterpret_cast<float2 *>(dst + nt * 8), make_float2(acc[nt][2 * r], acc[nt][2 * r + 1]));
+#else
+            atomicAdd(dst + nt * 8, acc[nt][2 * r]);
+            atomicAdd(dst + nt * 8 + 1, acc[nt][2 * r + 1]);
+#endif
+        }
+    }
+}
+
+/* ---- step 4: dk, dv per (key tile, kv head); with FUSE_DQ also dq ----
+ * FUSE_DQ (the default, non-deterministic mode): the gathered rows' dq = s dS K over this tile's 64
+ * keys is added to an fp32 accumulator [total][Hq][D] with atomics (the order of the additions
+ * varies), and dq_convert_kernel scales and rounds it; the dq pass (step 3) is not run. */
+
+template <typename T, int D, int RC, bool FUSE_DQ>
 __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
     T *sK = reinterpret_cast<T *>(smem);
     T *sV = sK + BWD_TILE * (D + 8);
-    T *sQ = sV + BWD_TILE * (D + 8); /* RC gathered rows of q */
-    T *sO = sQ + RC * (D + 8);       /* and of dO */
-    float *s_lse2 = reinterpret_cast<float *>(sO + RC * (D + 8)), *s_dlt = s_lse2 + RC;
-    int32_t *s_rows = reinterpret_cast<int32_t *>(s_dlt + RC), *s_pos = s_rows + RC;
+    T *sQ = sV + BWD_TILE * (D + 8); /* [2 stages][RC gathered rows] of q */
+    T *sO = sQ + 2 * RC * (D + 8);   /* and of dO */
+    float *s_lse = reinterpret_cast<float *>(sO + 2 * RC * (D + 8)), *s_dlt = s_lse + 2 * RC; /* [2][RC] */
+    int32_t *s_rows = reinterpret_cast<int32_t *>(s_dlt + 2 * RC), *s_pos = s_rows + 2 * RC;     /* [2][RC] */
+    T *sDS = reinterpret_cast<T *>(s_pos + 2 * RC); /* (FUSE_DQ) dS [RC][BWD_DS_LD] */
 
     const FwdArgs &f = a.f;
     const moba_tile tile = f.dl.tiles[blockIdx.x]; /* its rows are the keys here */
@@ -339,63 +397,105 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
     for (int nt = 0; nt < D / 8; nt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[nt][e] = dv[nt][e] = 0.0f;
-    const bool warp_keys = warp * 16 < nkeys; /* warps past the tile's keys only help load */
+    const bool warp_keys = warp * 16 < nkeys; /* warps past the tile's keys only help load (and dq) */
     const T *qg = reinterpret_cast<const T *>(f.q), *og = reinterpret_cast<const T *>(a.dout);
+    if (FUSE_DQ) /* keys past the tile's end keep dS = 0: their warps never write it */
+        for (int i = tid; i < RC * BWD_DS_LD; i += BWD_THREADS) sDS[i] = moba_pack<T>::from_f32(0.0f);
 
-    for (int gi = 0; gi < f.group; gi++) {
-        const int h = hk * f.group + gi;
-        /* this head's rows for the block: a list (routed) or a range (full attention, own block only) */
-        const int32_t *list = NULL;
-        int64_t first = tile.row_begin; /* rows before the tile's first key see none of its keys */
-        int count;
-        if (f.mode == 0) {
-            const int64_t key = (int64_t)h * a.total_blocks + a.block_base[tile.seq] + b;
-            list = a.rows + a.row_off[key];
-            count = a.row_off[key + 1] - a.row_off[key];
-        } else {
-            const int end = f.mode == 1 ? len : min(len, b * B + B);
-            count = (int)(seq0 + end - first);
-        }
-        for (int i0 = 0; i0 < count; i0 += RC) {
-            __syncthreads(); /* the previous rows' tiles are no longer read */
-            if (tid < RC) {
-                const int i = i0 + tid;
-                int32_t t = -1;
-                if (i < count) t = list ? __ldg(list + i) : (int32_t)(first + i);
-                s_rows[tid] = t;
-                s_pos[tid] = t >= 0 ? (int)(t - seq0) : -1;
-                s_lse2[tid] = t >= 0 ? a.lse[(int64_t)h * f.total + t] * 1.4426950408889634f : 0.0f;
-                s_dlt[tid] = t >= 0 ? a.delta[(int64_t)h * f.total + t] : 0.0f;
+    /* The rows are walked in chunks of RC over the group's q heads in order (a cursor: head gi, first
+     * row i0 of the chunk), each head's rows being a list (routed) or a range (full attention, own
+     * block only; rows before the tile's first key see none of its keys). Chunk n + 1 is gathered into
+     * the other stage while chunk n is computed. */
+    int gi = -1, i0 = 0, count = 0;
+    const int32_t *list = NULL;
+    const int64_t first = tile.row_begin;
+    auto advance = [&]() { /* the cursor to the next chunk (gi == group: none left) */
+        i0 += RC;
+        while (i0 >= count && ++gi < f.group) {
+            i0 = 0;
+            const int h = hk * f.group + gi;
+            if (f.mode == 0) {
+                const int64_t key = (int64_t)h * a.total_blocks + a.block_base[tile.seq] + b;
+                list = a.rows + a.row_off[key];
+                count = a.row_off[key + 1] - a.row_off[key];
+            } else {
+                const int end = f.mode == 1 ? len : min(len, b * B + B);
+                count = (int)(seq0 + end - first);
             }
-            __syncthreads();
-            gather_rows<D, RC>(sQ, qg + (int64_t)h * D, s_rows, (int64_t)f.Hq * D, tid);
-            gather_rows<D, RC>(sO, og + (int64_t)h * D, s_rows, (int64_t)f.Hq * D, tid);
-            moba_cp_async_commit();
-            moba_cp_async_wait<0>();
-            __syncthreads();
-            if (!warp_keys) continue;
+        }
+    };
+    auto load = [&](int stage) { /* the cursor's chunk into `stage` (cp.async, one commit group) */
+        const int h = hk * f.group + gi;
+        auto row_of = [&](int r) -> int32_t {
+            const int i = i0 + r;
+            return i < count ? (list ? __ldg(list + i) : (int32_t)(first + i)) : -1;
+        };
+        if (tid < RC) { /* lse and D by cp.async too: no thread waits on them before the compute */
+            const int32_t t = row_of(tid);
+            const int64_t at = (int64_t)h * f.total + (t >= 0 ? t : 0);
+            s_rows[stage * RC + tid] = t;
+            s_pos[stage * RC + tid] = t >= 0 ? (int)(t - seq0) : -1;
+            cp_async4(s_lse + stage * RC + tid, a.lse + at, t >= 0);
+            cp_async4(s_dlt + stage * RC + tid, a.delta + at, t >= 0);
+        }
+        gather_rows<D, RC>(sQ + stage * RC * (D + 8), sO + stage * RC * (D + 8), qg + (int64_t)h * D,
+                           og + (int64_t)h * D, row_of, (int64_t)f.Hq * D, tid);
+        moba_cp_async_commit();
+    };
 
+    i0 = -RC;
+    advance();
+    int h_next = hk * f.group + gi;
+    if (gi < f.group) load(0);
+    for (int it = 0; gi < f.group; it++) {
+        const int stage = it & 1, h = h_next;
+        advance();
+        const bool more = gi < f.group;
+        if (more) {
+            h_next = hk * f.group + gi;
+            load(stage ^ 1);
+            moba_cp_async_wait<1>();
+        } else {
+            moba_cp_async_wait<0>();
+        }
+        __syncthreads(); /* this chunk's rows are in `stage` */
+        const T *q_s = sQ + stage * RC * (D + 8), *o_s = sO + stage * RC * (D + 8);
+        const float *lse_s = s_lse + stage * RC, *dlt_s = s_dlt + stage * RC;
+        const int *pos_s = s_pos + stage * RC;
+        if (warp_keys) {
             /* S^T and dP^T: this warp's 16 keys x RC rows */
             float s[RC / 8][4], dp[RC / 8][4];
-            mma_abt<T, RC, D>(s, [&](uint32_t *fr, int kk) { a_frag_smem<D>(fr, sK, warp * 16, kk, lane); }, sQ, lane);
-            mma_abt<T, RC, D>(dp, [&](uint32_t *fr, int kk) { a_frag_smem<D>(fr, sV, warp * 16, kk, lane); }, sO, lane);
+            mma_abt<T, RC, D>(s, [&](uint32_t *fr, int kk) { a_frag_smem<D>(fr, sK, warp * 16, kk, lane); }, q_s, lane);
+            mma_abt<T, RC, D>(dp, [&](uint32_t *fr, int kk) { a_frag_smem<D>(fr, sV, warp * 16, kk, lane); }, o_s, lane);
             float pr[RC / 8][4];
 #pragma unroll
             for (int nt = 0; nt < RC / 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int m = nt * 8 + 2 * c + (e & 1), kp = kpos0 + warp * 16 + g + 8 * (e >> 1);
-                    const int qp = s_pos[m];
-                    const float p = qp >= kp ? exp2f(fmaf(s[nt][e], f.scale_log2, -s_lse2[m])) : 0.0f;
+                    const int qp = pos_s[m];
+                    const float p = qp >= kp ? exp2f(fmaf(s[nt][e], f.scale_log2, -lse_s[m] * 1.4426950408889634f)) : 0.0f;
                     pr[nt][e] = p;
-                    s[nt][e] = p * (dp[nt][e] - s_dlt[m]); /* dS^T */
+                    s[nt][e] = p * (dp[nt][e] - dlt_s[m]); /* dS^T */
                 }
             uint32_t pa[RC / 16][4], dsa[RC / 16][4];
             pack_p<T>(pr, pa);
             pack_p<T>(s, dsa);
-            mma_a_bsmem<T, RC, D>(dv, pa, sO, lane);
-            mma_a_bsmem<T, RC, D>(dk, dsa, sQ, lane);
+            mma_a_bsmem<T, RC, D>(dv, pa, o_s, lane);
+            mma_a_bsmem<T, RC, D>(dk, dsa, q_s, lane);
+            if (FUSE_DQ) /* dS transposed into [row][key] for the dq product */
+#pragma unroll
+                for (int nt = 0; nt < RC / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        sDS[(nt * 8 + 2 * c + (e & 1)) * BWD_DS_LD + warp * 16 + g + 8 * (e >> 1)] =
+                            moba_pack<T>::from_f32(s[nt][e]);
         }
+        if (FUSE_DQ) {
+            __syncthreads();
+            fused_dq<T, D, RC>(a, sDS, sK, s_rows + stage * RC, h, warp, lane);
+        }
+        __syncthreads(); /* `stage` (and sDS) are free for the next loads */
     }
     moba_cp_async_wait<0>(); /* (a CTA with no rows at all still waits for its K/V copies) */
 
@@ -413,12 +513,43 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
     }
 }
 
+/* dq = scale * dq_acc, rounded to the storage type; 4 elements per thread. */
+template <typename T>
+__global__ void dq_convert_kernel(const float4 *__restrict__ acc, T *__restrict__ dq, int64_t n4, float scale) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n4) return;
+    const float4 x = acc[i];
+    uint2 w;
+    w.x = moba_pack<T>::two(x.x * scale, x.y * scale);
+    w.y = moba_pack<T>::two(x.z * scale, x.w * scale);
+    reinterpret_cast<uint2 *>(dq)[i] = w;
+}
+
 /* ---- launches ---- */
 
 template <typename T, int D>
 static moba_status launch_grads(const moba_call *c, const BwdArgs &a, int64_t num_tiles) {
     const moba_params *p = c->p;
     cudaStream_t stream = (cudaStream_t)p->cuda_stream;
+    /* dk, dv (and dq when fused): RC gathered rows per step (register budget: dk and dv accumulators of
+     * d columns) */
+    constexpr int RC = D == 128 ? 32 : 64;
+    size_t kv_smem = (size_t)(2 * BWD_TILE + 4 * RC) * (D + 8) * sizeof(T) + (size_t)2 * RC * 4 * sizeof(int32_t);
+    const dim3 kv_grid((unsigned)num_tiles, p->num_kv_heads);
+    if (bwd_fuse_dq(c)) {
+        const int64_t n = c->L.total_tokens * p->num_q_heads * D; /* a multiple of 4 */
+        MOBA_CUDA_TRY(cudaMemsetAsync(a.dq_acc, 0, (size_t)n * sizeof(float), stream));
+        kv_smem += (size_t)RC * BWD_DS_LD * sizeof(T);
+        MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_kernel<T, D, RC, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)kv_smem));
+        dkdv_kernel<T, D, RC, true><<<kv_grid, BWD_THREADS, kv_smem, stream>>>(a);
+        MOBA_CUDA_LAUNCHED();
+        if (n > 0)
+            dq_convert_kernel<T><<<(unsigned)((n / 4 + 255) / 256), 256, 0, stream>>>(
+                reinterpret_cast<const float4 *>(a.dq_acc), reinterpret_cast<T *>(a.dq), n / 4, a.scale);
+        MOBA_CUDA_LAUNCHED();
+        return MOBA_OK;
+    }
     /* dq: key chunks of 64 (d = 64) or 32 (d = 128) keys, 16 when the block size is not a multiple */
     constexpr int BN = D == 128 ? 32 : 64;
     const bool big = p->block_size % BN == 0;
@@ -433,11 +564,9 @@ static moba_status launch_grads(const moba_call *c, const BwdArgs &a, int64_t nu
         dq_kernel<T, D, 16><<<grid, BWD_THREADS, smem, stream>>>(a);
     }
     MOBA_CUDA_LAUNCHED();
-    /* dk, dv: RC gathered rows per step (register budget: dk and dv accumulators of d columns) */
-    constexpr int RC = D == 128 ? 32 : 64;
-    smem = (size_t)(2 * BWD_TILE + 2 * RC) * (D + 8) * sizeof(T) + (size_t)RC * 4 * sizeof(int32_t);
-    MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_kernel<T, D, RC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    dkdv_kernel<T, D, RC><<<dim3((unsigned)num_tiles, p->num_kv_heads), BWD_THREADS, smem, stream>>>(a);
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_kernel<T, D, RC, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)kv_smem));
+    dkdv_kernel<T, D, RC, false><<<kv_grid, BWD_THREADS, kv_smem, stream>>>(a);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
 }
@@ -464,6 +593,7 @@ moba_status moba_cuda_backward_run(const moba_call *c, const moba_cuda_plan *pla
     f.sel = NULL, f.stride = 0;
     a.dout = dout, a.o = o, a.lse = lse, a.dq = dq, a.dk = dk, a.dv = dv;
     a.delta = (float *)(w + bp.delta);
+    a.dq_acc = bwd_fuse_dq(c) ? (float *)(w + bp.dq_acc) : NULL;
     a.total_blocks = c->L.total_blocks;
     a.scale = c->scale;
 

@@ -8,6 +8,9 @@
 #   routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes, and both with
 #   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (opt-in); sanitize the default and
 #   the two smallest-pass runs)
+#   backward  test_cuda_backward (+ golden gradients), its quick subset under memcheck/racecheck, and the
+#             per-kernel breakdown of one backward call for each benchmark case (random, local)
+#   bwdbench  bench/gpu/bench_backward.py --quick (forward+backward vs SDPA)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
 # Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
@@ -60,6 +63,23 @@ for phase in $phases; do
         grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED" /tmp/t.log | head -5
       done
     done ;;
+  backward)
+    ./build/tests/gpu/test_cuda_backward "$ROOT/.golden" > /tmp/t.log 2>&1; echo "test_cuda_backward rc=$?" | tee -a "$OUT/backward.log"
+    cat /tmp/t.log >> "$OUT/backward.log"; grep -E "FAILED|worst|passed" /tmp/t.log | head -12
+    for tool in memcheck racecheck; do
+      MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
+        ./build/tests/gpu/test_cuda_backward "$ROOT/.golden" > /tmp/t.log 2>&1
+      echo "compute-sanitizer $tool backward rc=$?" | tee -a "$OUT/backward.log"
+      cat /tmp/t.log >> "$OUT/backward.log"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED" /tmp/t.log | head -5
+    done
+    for c in 0 1 2 3; do for kind in random local; do
+      python3 bench/gpu/breakdown.py --lib build/libmoba.so --case $c --kind $kind --op backward 2>&1 | head -14 \
+        | tee -a "$OUT/bwd_breakdown.log"
+    done; done ;;
+  bwdbench)  # bench/gpu/bench_backward.py --quick (the table of docs/cuda-backward.md)
+    PYTHONUNBUFFERED=1 python3 bench/gpu/bench_backward.py --lib build/libmoba.so --quick ${BENCH_ARGS:-} \
+      > "$OUT/bwdbench.log" 2> "$OUT/bwdbench.err"; echo "bwdbench rc=$?"; tail -5 "$OUT/bwdbench.err"
+    cat "$OUT/bwdbench.log" ;;
   variants)  # the kernel variants on the 'local' inputs, 3 repetitions each
     for env in "" MOBA_CUDA_SM90_MINB=1 MOBA_CUDA_NO_WGMMA=1; do
       echo "## variant: ${env:-default}" | tee -a "$OUT/variants.log"
