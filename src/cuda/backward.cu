@@ -28,25 +28,7 @@
 
 #include <cub/device/device_radix_sort.cuh>
 
-#include "forward.h"
-
-#define BWD_THREADS 128
-#define BWD_TILE 64 /* query rows per dq tile, keys per dk/dv tile: the 64-row layout tiles */
-#define BWD_DS_LD (BWD_TILE + 8) /* row stride of the fused dq's dS tile [RC rows][64 keys] in shared memory */
-
-struct BwdArgs {
-    FwdArgs f;              /* q, k, v, sel, stride, mode, dl, sizes, scale_log2 (build_union reads it) */
-    const void *dout, *o;
-    const float *lse;
-    void *dq, *dk, *dv;
-    float *dq_acc;          /* [total][Hq][D] fp32 (the fused, non-deterministic mode) */
-    float *delta;           /* [Hq][total] */
-    const int32_t *row_off; /* [Hq * total_blocks + 1] (mode 0) */
-    const int32_t *rows;    /* rows of each (q head, block), ascending (mode 0) */
-    const int32_t *block_base; /* [num_seqs + 1] first global block of each sequence */
-    int64_t total_blocks;
-    float scale;
-};
+#include "backward.h"
 
 /* ---- workspace (after the forward's pieces; offsets in bytes, 256-aligned) ---- */
 
@@ -153,12 +135,6 @@ __global__ void index_offsets_kernel(const int32_t *__restrict__ keys, int64_t i
 
 /* ---- shared pieces of the two gradient kernels ---- */
 
-/* 4 bytes global -> shared, zero-filled when !valid. */
-__device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(moba_smem_addr(dst)), "l"(src),
-                 "r"(valid ? 4 : 0));
-}
-
 /* Copies rows row_of(0..ROWS) (packed token indices, -1 = none: zero-filled) of one head of two
  * [total][H][D] tensors (q and dO) into shared memory of row stride D + 8. */
 template <int D, int ROWS, typename T, class RowOf>
@@ -211,12 +187,6 @@ __device__ __forceinline__ void mma_abt(float (&s)[N / 8][4], AF &&a_frag, const
             moba_mma<T>(s[2 * np + 1], a, b + 2);
         }
     }
-}
-
-/* Row-major A fragment (16 rows from row0, k columns kk*16..) from shared memory of stride D + 8. */
-template <int D, typename T>
-__device__ __forceinline__ void a_frag_smem(uint32_t *f, const T *base, int row0, int kk, int lane) {
-    moba_ldmatrix_x4(f, base + (row0 + (lane % 8) + ((lane / 8) & 1) * 8) * (D + 8) + kk * 16 + (lane / 16) * 8);
 }
 
 /* ---- step 3: dq per (query tile, q head) ---- */
@@ -343,20 +313,8 @@ __device__ __forceinline__ void fused_dq(const BwdArgs &a, const T *sDS, const T
 #pragma unroll
     for (int nt = 0; nt < DW / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
     mma_a_bsmem<T, BWD_TILE, DW, D + 8>(acc, af, sK + col0, lane);
-    for (int r = 0; r < 2; r++) {
-        const int32_t t = s_rows[rg * 16 + g + 8 * r];
-        if (t < 0) continue;
-        float *dst = a.dq_acc + ((int64_t)t * a.f.Hq + h) * D + col0 + 2 * c;
-#pragma unroll
-        for (int nt = 0; nt < DW / 8; nt++) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-            atomicAdd(reinterpret_cast<float2 *>(dst + nt * 8), make_float2(acc[nt][2 * r], acc[nt][2 * r + 1]));
-#else
-            atomicAdd(dst + nt * 8, acc[nt][2 * r]);
-            atomicAdd(dst + nt * 8 + 1, acc[nt][2 * r + 1]);
-#endif
-        }
-    }
+    const int32_t t[2] = {s_rows[rg * 16 + g], s_rows[rg * 16 + g + 8]};
+    dq_atomic_add<D>(a, acc, t, h, col0, c);
 }
 
 /* ---- step 4: dk, dv per (key tile, kv head); with FUSE_DQ also dq ----
@@ -379,7 +337,6 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
     const moba_tile tile = f.dl.tiles[blockIdx.x]; /* its rows are the keys here */
     const int hk = blockIdx.y, tid = threadIdx.x;
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
-    const int b = tile.block, B = f.B;
     const int64_t seq0 = f.dl.cu_seqlens[tile.seq];
     const int len = (int)(f.dl.cu_seqlens[tile.seq + 1] - seq0);
     const int nkeys = (int)(tile.row_end - tile.row_begin);
@@ -402,57 +359,25 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
     if (FUSE_DQ) /* keys past the tile's end keep dS = 0: their warps never write it */
         for (int i = tid; i < RC * BWD_DS_LD; i += BWD_THREADS) sDS[i] = moba_pack<T>::from_f32(0.0f);
 
-    /* The rows are walked in chunks of RC over the group's q heads in order (a cursor: head gi, first
-     * row i0 of the chunk), each head's rows being a list (routed) or a range (full attention, own
-     * block only; rows before the tile's first key see none of its keys). Chunk n + 1 is gathered into
-     * the other stage while chunk n is computed. */
-    int gi = -1, i0 = 0, count = 0;
-    const int32_t *list = NULL;
-    const int64_t first = tile.row_begin;
-    auto advance = [&]() { /* the cursor to the next chunk (gi == group: none left) */
-        i0 += RC;
-        while (i0 >= count && ++gi < f.group) {
-            i0 = 0;
-            const int h = hk * f.group + gi;
-            if (f.mode == 0) {
-                const int64_t key = (int64_t)h * a.total_blocks + a.block_base[tile.seq] + b;
-                list = a.rows + a.row_off[key];
-                count = a.row_off[key + 1] - a.row_off[key];
-            } else {
-                const int end = f.mode == 1 ? len : min(len, b * B + B);
-                count = (int)(seq0 + end - first);
-            }
-        }
-    };
+    /* Chunk n + 1 of the rows is gathered into the other stage while chunk n is computed. */
+    BwdRowCursor cur = {};
+    cur.start<RC>(a, tile, hk, seq0, len);
     auto load = [&](int stage) { /* the cursor's chunk into `stage` (cp.async, one commit group) */
-        const int h = hk * f.group + gi;
-        auto row_of = [&](int r) -> int32_t {
-            const int i = i0 + r;
-            return i < count ? (list ? __ldg(list + i) : (int32_t)(first + i)) : -1;
-        };
-        if (tid < RC) { /* lse and D by cp.async too: no thread waits on them before the compute */
-            const int32_t t = row_of(tid);
-            const int64_t at = (int64_t)h * f.total + (t >= 0 ? t : 0);
-            s_rows[stage * RC + tid] = t;
-            s_pos[stage * RC + tid] = t >= 0 ? (int)(t - seq0) : -1;
-            cp_async4(s_lse + stage * RC + tid, a.lse + at, t >= 0);
-            cp_async4(s_dlt + stage * RC + tid, a.delta + at, t >= 0);
-        }
+        const int h = hk * f.group + cur.gi;
+        bwd_row_meta<RC>(a, cur, h, seq0, s_rows + stage * RC, s_pos + stage * RC, s_lse + stage * RC,
+                         s_dlt + stage * RC, tid);
         gather_rows<D, RC>(sQ + stage * RC * (D + 8), sO + stage * RC * (D + 8), qg + (int64_t)h * D,
-                           og + (int64_t)h * D, row_of, (int64_t)f.Hq * D, tid);
+                           og + (int64_t)h * D, [&](int r) { return cur.row(r); }, (int64_t)f.Hq * D, tid);
         moba_cp_async_commit();
     };
-
-    i0 = -RC;
-    advance();
-    int h_next = hk * f.group + gi;
-    if (gi < f.group) load(0);
-    for (int it = 0; gi < f.group; it++) {
+    int h_next = hk * f.group + cur.gi;
+    if (cur.gi < f.group) load(0);
+    for (int it = 0; cur.gi < f.group; it++) {
         const int stage = it & 1, h = h_next;
-        advance();
-        const bool more = gi < f.group;
+        cur.next<RC>(a, tile, hk, seq0, len);
+        const bool more = cur.gi < f.group;
         if (more) {
-            h_next = hk * f.group + gi;
+            h_next = hk * f.group + cur.gi;
             load(stage ^ 1);
             moba_cp_async_wait<1>();
         } else {
@@ -499,18 +424,7 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
     }
     moba_cp_async_wait<0>(); /* (a CTA with no rows at all still waits for its K/V copies) */
 
-    T *dkg = reinterpret_cast<T *>(a.dk), *dvg = reinterpret_cast<T *>(a.dv);
-    for (int r = 0; r < 2; r++) {
-        const int key = warp * 16 + g + 8 * r;
-        if (key >= nkeys) continue;
-        const int64_t off = ((tile.row_begin + key) * f.Hkv + hk) * D;
-#pragma unroll
-        for (int nt = 0; nt < D / 8; nt++) {
-            *reinterpret_cast<uint32_t *>(dkg + off + nt * 8 + 2 * c) =
-                moba_pack<T>::two(dk[nt][2 * r] * a.scale, dk[nt][2 * r + 1] * a.scale);
-            *reinterpret_cast<uint32_t *>(dvg + off + nt * 8 + 2 * c) = moba_pack<T>::two(dv[nt][2 * r], dv[nt][2 * r + 1]);
-        }
-    }
+    store_dkdv<T, D>(a, tile, hk, nkeys, dk, dv, warp, lane);
 }
 
 /* dq = scale * dq_acc, rounded to the storage type; 4 elements per thread. */
@@ -536,14 +450,20 @@ static moba_status launch_grads(const moba_call *c, const BwdArgs &a, int64_t nu
     constexpr int RC = D == 128 ? 32 : 64;
     size_t kv_smem = (size_t)(2 * BWD_TILE + 4 * RC) * (D + 8) * sizeof(T) + (size_t)2 * RC * 4 * sizeof(int32_t);
     const dim3 kv_grid((unsigned)num_tiles, p->num_kv_heads);
+    const bool hopper = moba_cuda_hopper(); /* dk/dv on wgmma (backward_sm90.cu) */
     if (bwd_fuse_dq(c)) {
         const int64_t n = c->L.total_tokens * p->num_q_heads * D; /* a multiple of 4 */
         MOBA_CUDA_TRY(cudaMemsetAsync(a.dq_acc, 0, (size_t)n * sizeof(float), stream));
-        kv_smem += (size_t)RC * BWD_DS_LD * sizeof(T);
-        MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_kernel<T, D, RC, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)kv_smem));
-        dkdv_kernel<T, D, RC, true><<<kv_grid, BWD_THREADS, kv_smem, stream>>>(a);
-        MOBA_CUDA_LAUNCHED();
+        if (hopper) {
+            moba_status st = moba_cuda_dkdv_sm90(c, a, num_tiles, true);
+            if (st != MOBA_OK) return st;
+        } else {
+            kv_smem += (size_t)RC * BWD_DS_LD * sizeof(T);
+            MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_kernel<T, D, RC, true>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kv_smem));
+            dkdv_kernel<T, D, RC, true><<<kv_grid, BWD_THREADS, kv_smem, stream>>>(a);
+            MOBA_CUDA_LAUNCHED();
+        }
         if (n > 0)
             dq_convert_kernel<T><<<(unsigned)((n / 4 + 255) / 256), 256, 0, stream>>>(
                 reinterpret_cast<const float4 *>(a.dq_acc), reinterpret_cast<T *>(a.dq), n / 4, a.scale);
@@ -564,6 +484,7 @@ static moba_status launch_grads(const moba_call *c, const BwdArgs &a, int64_t nu
         dq_kernel<T, D, 16><<<grid, BWD_THREADS, smem, stream>>>(a);
     }
     MOBA_CUDA_LAUNCHED();
+    if (hopper) return moba_cuda_dkdv_sm90(c, a, num_tiles, false);
     MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_kernel<T, D, RC, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        (int)kv_smem));
     dkdv_kernel<T, D, RC, false><<<kv_grid, BWD_THREADS, kv_smem, stream>>>(a);

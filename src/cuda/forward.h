@@ -30,6 +30,7 @@ struct FwdArgs {
 /* Hopper path (forward_sm90.cu): does it apply to this call (sm_90, B % 64 == 0, not switched off), and
  * its launch (only where it applies). */
 int moba_cuda_sm90_applies(const moba_call *c);
+int moba_cuda_hopper(void); /* the device is sm_90 and MOBA_CUDA_NO_WGMMA is not set */
 moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a);
 /* Key-block-major second half (forward_kbm.cu), after forward_sm90 ran with a.kbm_flags set:
  * the history of every handed-off tile, merged into o and a.lse. fpairs: the plan's, on the host. */

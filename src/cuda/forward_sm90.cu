@@ -159,7 +159,8 @@ static int getenv_disabled(void) {
     return e && *e && *e != '0';
 }
 
-int moba_cuda_sm90_applies(const moba_call *c) {
+/* The current device is sm_90 (the sm_90a code runs there) and wgmma is not switched off. */
+int moba_cuda_hopper(void) {
     int dev = 0, major = 0, minor = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
@@ -167,8 +168,10 @@ int moba_cuda_sm90_applies(const moba_call *c) {
         cudaGetLastError();
         return 0;
     }
-    return major == 9 && minor == 0 && c->p->block_size % SM90_BN == 0 && !getenv_disabled();
+    return major == 9 && minor == 0 && !getenv_disabled();
 }
+
+int moba_cuda_sm90_applies(const moba_call *c) { return c->p->block_size % SM90_BN == 0 && moba_cuda_hopper(); }
 
 moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a) {
     int d = c->p->head_dim;

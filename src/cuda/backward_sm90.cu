@@ -1,0 +1,182 @@
+/*
+ * Hopper (sm_90a) dk/dv kernel of the backward: backward.cu's dkdv_kernel with the products on
+ * wgmma. One CTA = one warpgroup = one 64-key tile of a block (the M of every product), one kv head;
+ * the rows that selected the block come in gathered chunks of 64 (double-buffered cp.async into the
+ * 128-byte-swizzled layout of sm90.h). Per chunk, with P^T and dS^T held as register fragments:
+ *   S^T = K Q^T, dP^T = V dO^T            (A and B from shared memory)
+ *   P^T = exp(s S^T - lse) masked, dS^T = P^T (dP^T - D)
+ *   dV += P^T dO, dK += dS^T Q            (A from registers, B = the gathered rows, transposed)
+ *   FUSE_DQ: dS [rows x keys] via shared memory, dq_acc[rows] += dS K in two 64-column halves
+ *            (atomics, backward.h) — the default, non-deterministic mode.
+ * The order of every dk/dv sum is fixed (heads ascending, rows ascending), as in the portable kernel.
+ */
+#include "backward.h"
+#include "sm90.h"
+
+/* Gathers rows row_of(0..R) of one head of q and dO ([total][H][D], row stride `stride`) into two
+ * swizzled [R x D] tiles (sm90.h's layout); row -1 -> zeros. */
+template <int D, int R, typename T, class RowOf>
+__device__ __forceinline__ void gather_sw128(char *sa, char *sb, const T *ga, const T *gb, RowOf &&row_of,
+                                             int64_t stride, int tid) {
+    constexpr int chunks = D / 8, step = BWD_THREADS / chunks;
+    static_assert(step % 8 == 0 && R % step == 0, "tile shape");
+    const int col8 = tid % chunks, r0 = tid / chunks;
+    const int off = (col8 / 8) * (R * 128) + r0 * 128 + (((col8 % 8) ^ (r0 & 7)) << 4);
+#pragma unroll
+    for (int p = 0; p < R / step; p++) {
+        const int t = row_of(r0 + p * step);
+        const int64_t g = t >= 0 ? (int64_t)t * stride + col8 * 8 : 0;
+        moba_cp_async16(sa + off + p * step * 128, ga + g, t >= 0);
+        moba_cp_async16(sb + off + p * step * 128, gb + g, t >= 0);
+    }
+}
+
+template <typename T, int D, bool FUSE_DQ>
+__global__ void __launch_bounds__(BWD_THREADS, 2) dkdv_sm90_kernel(BwdArgs a) {
+#ifdef MOBA_WGMMA
+    constexpr int RC = 64, TB = 64 * D * 2; /* rows per chunk; bytes of a 64-row tile */
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    char *sK = smem, *sV = sK + TB, *sQ = sV + TB, *sO = sQ + 2 * TB; /* sQ, sO: [2 stages] */
+    T *sDS = reinterpret_cast<T *>(sO + 2 * TB);                        /* dS [RC][BWD_DS_LD] */
+    float *s_lse = reinterpret_cast<float *>(sDS + RC * BWD_DS_LD), *s_dlt = s_lse + 2 * RC; /* [2][RC] */
+    int32_t *s_rows = reinterpret_cast<int32_t *>(s_dlt + 2 * RC), *s_pos = s_rows + 2 * RC;   /* [2][RC] */
+
+    const FwdArgs &f = a.f;
+    const moba_tile tile = f.dl.tiles[blockIdx.x]; /* its rows are the keys here */
+    const int hk = blockIdx.y, tid = threadIdx.x;
+    const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    const int64_t seq0 = f.dl.cu_seqlens[tile.seq];
+    const int len = (int)(f.dl.cu_seqlens[tile.seq + 1] - seq0);
+    const int nkeys = (int)(tile.row_end - tile.row_begin);
+    const int kpos0 = (int)(tile.row_begin - seq0);
+    const int64_t kv_off = (tile.row_begin * f.Hkv + hk) * D;
+
+    load_sw128<D, 64, T, BWD_THREADS>(sK, reinterpret_cast<const T *>(f.k) + kv_off, (int64_t)f.Hkv * D, nkeys, tid);
+    load_sw128<D, 64, T, BWD_THREADS>(sV, reinterpret_cast<const T *>(f.v) + kv_off, (int64_t)f.Hkv * D, nkeys, tid);
+    moba_cp_async_commit();
+
+    float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[nt][e] = dv[nt][e] = 0.0f;
+    const T *qg = reinterpret_cast<const T *>(f.q), *og = reinterpret_cast<const T *>(a.dout);
+
+    BwdRowCursor cur = {};
+    cur.start<RC>(a, tile, hk, seq0, len);
+    auto load = [&](int stage) { /* the cursor's chunk into `stage` (cp.async, one commit group) */
+        const int h = hk * f.group + cur.gi;
+        bwd_row_meta<RC>(a, cur, h, seq0, s_rows + stage * RC, s_pos + stage * RC, s_lse + stage * RC,
+                         s_dlt + stage * RC, tid);
+        gather_sw128<D, RC>(sQ + stage * TB, sO + stage * TB, qg + (int64_t)h * D, og + (int64_t)h * D,
+                            [&](int r) { return cur.row(r); }, (int64_t)f.Hq * D, tid);
+        moba_cp_async_commit();
+    };
+    int h_next = hk * f.group + cur.gi;
+    if (cur.gi < f.group) load(0);
+    for (int it = 0; cur.gi < f.group; it++) {
+        const int stage = it & 1, h = h_next;
+        cur.next<RC>(a, tile, hk, seq0, len);
+        if (cur.gi < f.group) {
+            h_next = hk * f.group + cur.gi;
+            load(stage ^ 1);
+            moba_cp_async_wait<1>();
+        } else {
+            moba_cp_async_wait<0>();
+        }
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* cp.async wrote what wgmma reads */
+        __syncthreads();
+        const char *q_s = sQ + stage * TB, *o_s = sO + stage * TB;
+        const float *lse_s = s_lse + stage * RC, *dlt_s = s_dlt + stage * RC;
+        const int *pos_s = s_pos + stage * RC;
+
+        float s[RC / 8][4], dp[RC / 8][4]; /* keys (this warp's 16) x rows */
+        sm90_issue_s<T, D, RC, 64>(sK, q_s, s);
+        sm90_issue_s<T, D, RC, 64>(sV, o_s, dp);
+        wg_wait<0>();
+        fence_regs<RC / 2>(&s[0][0]);
+        fence_regs<RC / 2>(&dp[0][0]);
+        float pr[RC / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < RC / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int m = nt * 8 + 2 * c + (e & 1), kl = warp * 16 + g + 8 * (e >> 1);
+                const bool keep = pos_s[m] >= kpos0 + kl && kl < nkeys;
+                const float p = keep ? exp2f(fmaf(s[nt][e], f.scale_log2, -lse_s[m] * 1.4426950408889634f)) : 0.0f;
+                pr[nt][e] = p;
+                s[nt][e] = p * (dp[nt][e] - dlt_s[m]); /* dS^T */
+            }
+        uint32_t pa[RC / 16][4], dsa[RC / 16][4];
+        pack_p<T>(pr, pa);
+        pack_p<T>(s, dsa);
+        sm90_issue_pv<T, D, RC>(o_s, dv, pa);
+        sm90_issue_pv<T, D, RC>(q_s, dk, dsa);
+        if (FUSE_DQ) /* dS transposed into [row][key] for the dq product, while the tensor cores run */
+#pragma unroll
+            for (int nt = 0; nt < RC / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    sDS[(nt * 8 + 2 * c + (e & 1)) * BWD_DS_LD + warp * 16 + g + 8 * (e >> 1)] =
+                        moba_pack<T>::from_f32(s[nt][e]);
+        wg_wait<0>();
+        fence_regs<D / 2>(&dv[0][0]);
+        fence_regs<D / 2>(&dk[0][0]);
+        if (FUSE_DQ) {
+            __syncthreads(); /* sDS complete */
+            uint32_t af[BWD_TILE / 16][4]; /* this warp's 16 rows x 64 keys of dS */
+#pragma unroll
+            for (int kk = 0; kk < BWD_TILE / 16; kk++) a_frag_smem<BWD_TILE>(af[kk], sDS, warp * 16, kk, lane);
+            const int32_t t[2] = {s_rows[stage * RC + warp * 16 + g], s_rows[stage * RC + warp * 16 + g + 8]};
+#pragma unroll
+            for (int half = 0; half < D / 64; half++) { /* dq columns 64 half .. 64 half + 63 */
+                float q[8][4];
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++) q[nt][0] = q[nt][1] = q[nt][2] = q[nt][3] = 0.0f;
+                fence_regs<32>(&q[0][0]);
+                wg_fence();
+#pragma unroll
+                for (int kk = 0; kk < BWD_TILE / 16; kk++)
+                    wg<T>::rs64(&q[0][0], af[kk], sw128_desc(sK + half * (64 * 128) + kk * 2048, 64 * 128, 1024));
+                wg_commit_wait();
+                fence_regs<32>(&q[0][0]);
+                dq_atomic_add<D>(a, q, t, h, half * 64, c);
+            }
+        }
+        __syncthreads(); /* `stage` and sDS are free for the next loads */
+    }
+    moba_cp_async_wait<0>(); /* (a CTA with no rows at all still waits for its K/V copies) */
+    store_dkdv<T, D>(a, tile, hk, nkeys, dk, dv, warp, lane);
+#else
+    __trap(); /* built for another target: the host never launches it there */
+#endif
+}
+
+template <typename T, int D>
+static moba_status launch(const moba_call *c, const BwdArgs &a, int64_t num_tiles, bool fuse_dq) {
+    const moba_params *p = c->p;
+    constexpr int RC = 64, TB = 64 * D * 2;
+    const size_t smem = 1024 + 6 * TB + (size_t)RC * BWD_DS_LD * sizeof(T) + 2 * RC * 4 * sizeof(int32_t);
+    const dim3 grid((unsigned)num_tiles, p->num_kv_heads);
+    cudaStream_t stream = (cudaStream_t)p->cuda_stream;
+    if (fuse_dq) {
+        MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_sm90_kernel<T, D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)smem));
+        dkdv_sm90_kernel<T, D, true><<<grid, BWD_THREADS, smem, stream>>>(a);
+    } else {
+        MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_sm90_kernel<T, D, false>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        dkdv_sm90_kernel<T, D, false><<<grid, BWD_THREADS, smem, stream>>>(a);
+    }
+    MOBA_CUDA_LAUNCHED();
+    return MOBA_OK;
+}
+
+moba_status moba_cuda_dkdv_sm90(const moba_call *c, const BwdArgs &a, int64_t num_tiles, bool fuse_dq) {
+    const int d = c->p->head_dim;
+    if (c->p->dtype == MOBA_DTYPE_BF16)
+        return d == 64 ? launch<__nv_bfloat16, 64>(c, a, num_tiles, fuse_dq)
+                       : launch<__nv_bfloat16, 128>(c, a, num_tiles, fuse_dq);
+    return d == 64 ? launch<__half, 64>(c, a, num_tiles, fuse_dq) : launch<__half, 128>(c, a, num_tiles, fuse_dq);
+}
