@@ -334,7 +334,9 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
     T *sDS = reinterpret_cast<T *>(s_pos + 2 * RC); /* (FUSE_DQ) dS [RC][BWD_DS_LD] */
 
     const FwdArgs &f = a.f;
-    const moba_tile tile = f.dl.tiles[blockIdx.x]; /* its rows are the keys here */
+    /* its rows are the keys here; the tiles are sorted heaviest-for-the-forward (latest block) first,
+     * and the earliest blocks have the most rows here (every later row may select them): reversed */
+    const moba_tile tile = f.dl.tiles[gridDim.x - 1 - blockIdx.x];
     const int hk = blockIdx.y, tid = threadIdx.x;
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
     const int64_t seq0 = f.dl.cu_seqlens[tile.seq];

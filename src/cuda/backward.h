@@ -47,8 +47,9 @@ __device__ __forceinline__ void a_frag_smem(uint32_t *f, const T *base, int row0
 
 /* The rows whose selection holds one key tile's block, walked in chunks of RC: for each q head gi of
  * the group in order, a list (routed: the inverted index) or a range (full attention: every later
- * row; top_k 1: the block's own rows); rows before the tile's first key see none of its keys and
- * are left out of the ranges. gi == group: no chunk left. */
+ * row; top_k 1: the block's own rows). Rows before the tile's first key see none of its keys and are
+ * left out: in a list they are its first entries (every row selects its own block, and the rows
+ * of later blocks come after them), tile.row_begin - block start of them. gi == group: none left. */
 struct BwdRowCursor {
     int gi, i0, count;
     const int32_t *list;
@@ -70,6 +71,7 @@ struct BwdRowCursor {
                 const int64_t key = (int64_t)h * a.total_blocks + a.block_base[tile.seq] + tile.block;
                 list = a.rows + a.row_off[key];
                 count = a.row_off[key + 1] - a.row_off[key];
+                i0 = min(count, (int)(tile.row_begin - seq0) - tile.block * f.B);
             } else {
                 const int end = f.mode == 1 ? len : min(len, tile.block * f.B + f.B);
                 count = (int)(seq0 + end - first);

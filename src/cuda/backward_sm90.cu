@@ -43,7 +43,9 @@ __global__ void __launch_bounds__(BWD_THREADS, 2) dkdv_sm90_kernel(BwdArgs a) {
     int32_t *s_rows = reinterpret_cast<int32_t *>(s_dlt + 2 * RC), *s_pos = s_rows + 2 * RC;   /* [2][RC] */
 
     const FwdArgs &f = a.f;
-    const moba_tile tile = f.dl.tiles[blockIdx.x]; /* its rows are the keys here */
+    /* its rows are the keys here; the tiles are sorted heaviest-for-the-forward (latest block) first,
+     * and the earliest blocks have the most rows here (every later row may select them): reversed */
+    const moba_tile tile = f.dl.tiles[gridDim.x - 1 - blockIdx.x];
     const int hk = blockIdx.y, tid = threadIdx.x;
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
     const int64_t seq0 = f.dl.cu_seqlens[tile.seq];
@@ -120,9 +122,11 @@ __global__ void __launch_bounds__(BWD_THREADS, 2) dkdv_sm90_kernel(BwdArgs a) {
                 for (int e = 0; e < 4; e++)
                     sDS[(nt * 8 + 2 * c + (e & 1)) * BWD_DS_LD + warp * 16 + g + 8 * (e >> 1)] =
                         moba_pack<T>::from_f32(s[nt][e]);
-        wg_wait<0>();
-        fence_regs<D / 2>(&dv[0][0]);
-        fence_regs<D / 2>(&dk[0][0]);
+        if (!FUSE_DQ) { /* (fused: the dq product's wait covers dV and dK, which complete first) */
+            wg_wait<0>();
+            fence_regs<D / 2>(&dv[0][0]);
+            fence_regs<D / 2>(&dk[0][0]);
+        }
         if (FUSE_DQ) {
             __syncthreads(); /* sDS complete */
             uint32_t af[BWD_TILE / 16][4]; /* this warp's 16 rows x 64 keys of dS */
@@ -141,6 +145,10 @@ __global__ void __launch_bounds__(BWD_THREADS, 2) dkdv_sm90_kernel(BwdArgs a) {
                     wg<T>::rs64(&q[0][0], af[kk], sw128_desc(sK + half * (64 * 128) + kk * 2048, 64 * 128, 1024));
                 wg_commit_wait();
                 fence_regs<32>(&q[0][0]);
+                if (half == 0) {
+                    fence_regs<D / 2>(&dv[0][0]);
+                    fence_regs<D / 2>(&dk[0][0]);
+                }
                 dq_atomic_add<D>(a, q, t, h, half * 64, c);
             }
         }

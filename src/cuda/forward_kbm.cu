@@ -261,7 +261,7 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
                  "}\n" ::"r"(moba_smem_addr(bar)), "r"(parity) : "memory");
 }
 
-/* Warp-specialised version (MOBA_CUDA_KBM_WS=1, not yet the default). A persistent CTA of three
+/* Warp-specialised version (the default for B >= 1024; MOBA_CUDA_KBM_WS=1/0 forces it on/off). A persistent CTA of three
  * warpgroups per SM walks its tiles' chunks as one stream of items: warpgroup 0 only loads (K/V into a KBM_WS_STAGES ring, a
  * tile's gathered Q with its first chunk, two Q buffers), waits for its own copies two items behind,
  * fences them to the async proxy and arrives on the stage's "full" mbarrier; warpgroups 1 and 2 take 64
@@ -588,10 +588,10 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     a.num_seqs = p->num_seqs;
     a.scale_log2 = f.scale_log2;
     if (a.ng == 0 || a.ptot == 0) return MOBA_OK; /* no history anywhere */
-    /* MOBA_CUDA_KBM_WS=1: the warp-specialised kernel (7-8% faster at B = 4096, the same at B = 512
-     * and 128; correct in every test, not yet run under compute-sanitizer, so not the default: docs/cuda.md) */
+    /* The warp-specialised kernel for block sizes >= 1024 (7-8% faster at B = 4096, the same at B = 512
+     * and 128: docs/cuda.md); MOBA_CUDA_KBM_WS=1 / 0 forces it on / off (tests run both). */
     const char *e = getenv("MOBA_CUDA_KBM_WS");
-    const int use_ws = e && *e == '1';
+    const int use_ws = e && *e ? *e == '1' : p->block_size >= 1024;
     int dev = 0, sms = 0;
     if (use_ws && cudaGetDevice(&dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)

@@ -6,8 +6,8 @@
 #   sanitize  compute-sanitizer memcheck and racecheck on the quick subset (MOBA_GPU_TEST_QUICK=1)
 #   (test runs the default dispatch, MOBA_CUDA_NO_WGMMA=1 = portable kernel only, MOBA_CUDA_KBM=1 = every
 #   routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes, and both with
-#   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (opt-in); sanitize the default and
-#   the two smallest-pass runs)
+#   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default only for B >= 1024);
+#   sanitize the default and the two smallest-pass runs)
 #   backward  test_cuda_backward (+ golden gradients; default, then MOBA_CUDA_NO_WGMMA=1 = the portable
 #             kernels), its quick subset under memcheck/racecheck, and the per-kernel breakdown of one
 #             backward call for each benchmark case (random, local; two cases also portable)
