@@ -457,7 +457,7 @@ static moba_status launch_grads(const moba_call *c, const BwdArgs &a, int64_t nu
         const int64_t n = c->L.total_tokens * p->num_q_heads * D; /* a multiple of 4 */
         MOBA_CUDA_TRY(cudaMemsetAsync(a.dq_acc, 0, (size_t)n * sizeof(float), stream));
         if (hopper) {
-            moba_status st = moba_cuda_dkdv_sm90(c, a, num_tiles, true);
+            moba_status st = moba_cuda_dkdv_sm90(c, a, true);
             if (st != MOBA_OK) return st;
         } else {
             kv_smem += (size_t)RC * BWD_DS_LD * sizeof(T);
@@ -486,7 +486,7 @@ static moba_status launch_grads(const moba_call *c, const BwdArgs &a, int64_t nu
         dq_kernel<T, D, 16><<<grid, BWD_THREADS, smem, stream>>>(a);
     }
     MOBA_CUDA_LAUNCHED();
-    if (hopper) return moba_cuda_dkdv_sm90(c, a, num_tiles, false);
+    if (hopper) return moba_cuda_dkdv_sm90(c, a, false);
     MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_kernel<T, D, RC, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        (int)kv_smem));
     dkdv_kernel<T, D, RC, false><<<kv_grid, BWD_THREADS, kv_smem, stream>>>(a);

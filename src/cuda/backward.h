@@ -29,7 +29,7 @@ struct BwdArgs {
 
 /* Hopper dk/dv kernel (backward_sm90.cu), with dq fused (atomics) when fuse_dq; only where
  * moba_cuda_hopper() (forward.h) says so. */
-moba_status moba_cuda_dkdv_sm90(const moba_call *c, const BwdArgs &a, int64_t num_tiles, bool fuse_dq);
+moba_status moba_cuda_dkdv_sm90(const moba_call *c, const BwdArgs &a, bool fuse_dq);
 
 #ifdef __CUDACC__
 

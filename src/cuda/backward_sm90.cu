@@ -1,24 +1,29 @@
 /*
  * Hopper (sm_90a) dk/dv kernel of the backward: backward.cu's dkdv_kernel with the products on
- * wgmma. One CTA = one warpgroup = one 64-key tile of a block (the M of every product), one kv head;
- * the rows that selected the block come in gathered chunks of 64 (double-buffered cp.async into the
- * 128-byte-swizzled layout of sm90.h). Per chunk, with P^T and dS^T held as register fragments:
+ * wgmma. One CTA = KW warpgroups = KW x 64 keys of one block (64 per warpgroup: the M of its
+ * products), one kv head: KW = 1 takes the 64-row layout tiles, KW = 2 the 128-row ones. The rows
+ * that selected the block come in gathered chunks of 64 (double-buffered cp.async into the
+ * 128-byte-swizzled layout of sm90.h), shared by the warpgroups. Per chunk, with P^T and dS^T held as
+ * register fragments:
  *   S^T = K Q^T, dP^T = V dO^T            (A and B from shared memory)
  *   P^T = exp(s S^T - lse) masked, dS^T = P^T (dP^T - D)
  *   dV += P^T dO, dK += dS^T Q            (A from registers, B = the gathered rows, transposed)
- *   FUSE_DQ: dS [rows x keys] via shared memory, dq_acc[rows] += dS K in two 64-column halves
- *            (atomics, backward.h) — the default, non-deterministic mode.
+ *   FUSE_DQ: dS [rows x keys] via shared memory, dq_acc[rows] += dS K in 64-column pieces, over all
+ *            KW x 64 keys (atomics, backward.h) — the default, non-deterministic mode. With KW = 2,
+ *            warpgroup w takes columns 64w.., so the atomics and the gathers per FLOP are halved.
  * The order of every dk/dv sum is fixed (heads ascending, rows ascending), as in the portable kernel.
  */
+#include <stdlib.h>
+
 #include "backward.h"
 #include "sm90.h"
 
 /* Gathers rows row_of(0..R) of one head of q and dO ([total][H][D], row stride `stride`) into two
  * swizzled [R x D] tiles (sm90.h's layout); row -1 -> zeros. */
-template <int D, int R, typename T, class RowOf>
+template <int D, int R, int THREADS, typename T, class RowOf>
 __device__ __forceinline__ void gather_sw128(char *sa, char *sb, const T *ga, const T *gb, RowOf &&row_of,
                                              int64_t stride, int tid) {
-    constexpr int chunks = D / 8, step = BWD_THREADS / chunks;
+    constexpr int chunks = D / 8, step = THREADS / chunks;
     static_assert(step % 8 == 0 && R % step == 0, "tile shape");
     const int col8 = tid % chunks, r0 = tid / chunks;
     const int off = (col8 / 8) * (R * 128) + r0 * 128 + (((col8 % 8) ^ (r0 & 7)) << 4);
@@ -31,31 +36,34 @@ __device__ __forceinline__ void gather_sw128(char *sa, char *sb, const T *ga, co
     }
 }
 
-template <typename T, int D, bool FUSE_DQ>
-__global__ void __launch_bounds__(BWD_THREADS, 2) dkdv_sm90_kernel(BwdArgs a) {
+template <typename T, int D, bool FUSE_DQ, int KW>
+__global__ void __launch_bounds__(128 * KW, 2 / KW) dkdv_sm90_kernel(BwdArgs a) {
 #ifdef MOBA_WGMMA
-    constexpr int RC = 64, TB = 64 * D * 2; /* rows per chunk; bytes of a 64-row tile */
+    /* rows per chunk; keys per CTA; threads; bytes of a 64-row tile; row stride of dS */
+    constexpr int RC = 64, KN = 64 * KW, THREADS = 128 * KW, TB = 64 * D * 2, DS_LD = KN + 8;
+    static_assert(KW == 1 || D == 64 * KW, "KW = 2 (d = 128): one 64-column piece of dq per warpgroup");
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
-    char *sK = smem, *sV = sK + TB, *sQ = sV + TB, *sO = sQ + 2 * TB; /* sQ, sO: [2 stages] */
-    T *sDS = reinterpret_cast<T *>(sO + 2 * TB);                        /* dS [RC][BWD_DS_LD] */
-    float *s_lse = reinterpret_cast<float *>(sDS + RC * BWD_DS_LD), *s_dlt = s_lse + 2 * RC; /* [2][RC] */
-    int32_t *s_rows = reinterpret_cast<int32_t *>(s_dlt + 2 * RC), *s_pos = s_rows + 2 * RC;   /* [2][RC] */
+    char *sK = smem, *sV = sK + KW * TB, *sQ = sV + KW * TB, *sO = sQ + 2 * TB; /* sQ, sO: [2 stages] */
+    T *sDS = reinterpret_cast<T *>(sO + 2 * TB);                                 /* dS [RC][DS_LD] */
+    float *s_lse = reinterpret_cast<float *>(sDS + RC * DS_LD), *s_dlt = s_lse + 2 * RC;     /* [2][RC] */
+    int32_t *s_rows = reinterpret_cast<int32_t *>(s_dlt + 2 * RC), *s_pos = s_rows + 2 * RC; /* [2][RC] */
 
     const FwdArgs &f = a.f;
     /* its rows are the keys here; the tiles are sorted heaviest-for-the-forward (latest block) first,
      * and the earliest blocks have the most rows here (every later row may select them): reversed */
-    const moba_tile tile = f.dl.tiles[gridDim.x - 1 - blockIdx.x];
+    const moba_tile tile = (KW == 2 ? f.dl.ftiles : f.dl.tiles)[gridDim.x - 1 - blockIdx.x];
     const int hk = blockIdx.y, tid = threadIdx.x;
-    const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4; /* warp w: keys 16w.. */
+    const int wgi = tid / 128, wwarp = warp % 4; /* warpgroup; warp within it */
     const int64_t seq0 = f.dl.cu_seqlens[tile.seq];
     const int len = (int)(f.dl.cu_seqlens[tile.seq + 1] - seq0);
     const int nkeys = (int)(tile.row_end - tile.row_begin);
     const int kpos0 = (int)(tile.row_begin - seq0);
     const int64_t kv_off = (tile.row_begin * f.Hkv + hk) * D;
 
-    load_sw128<D, 64, T, BWD_THREADS>(sK, reinterpret_cast<const T *>(f.k) + kv_off, (int64_t)f.Hkv * D, nkeys, tid);
-    load_sw128<D, 64, T, BWD_THREADS>(sV, reinterpret_cast<const T *>(f.v) + kv_off, (int64_t)f.Hkv * D, nkeys, tid);
+    load_sw128<D, KN, T, THREADS>(sK, reinterpret_cast<const T *>(f.k) + kv_off, (int64_t)f.Hkv * D, nkeys, tid);
+    load_sw128<D, KN, T, THREADS>(sV, reinterpret_cast<const T *>(f.v) + kv_off, (int64_t)f.Hkv * D, nkeys, tid);
     moba_cp_async_commit();
 
     float dk[D / 8][4], dv[D / 8][4];
@@ -71,8 +79,8 @@ __global__ void __launch_bounds__(BWD_THREADS, 2) dkdv_sm90_kernel(BwdArgs a) {
         const int h = hk * f.group + cur.gi;
         bwd_row_meta<RC>(a, cur, h, seq0, s_rows + stage * RC, s_pos + stage * RC, s_lse + stage * RC,
                          s_dlt + stage * RC, tid);
-        gather_sw128<D, RC>(sQ + stage * TB, sO + stage * TB, qg + (int64_t)h * D, og + (int64_t)h * D,
-                            [&](int r) { return cur.row(r); }, (int64_t)f.Hq * D, tid);
+        gather_sw128<D, RC, THREADS>(sQ + stage * TB, sO + stage * TB, qg + (int64_t)h * D, og + (int64_t)h * D,
+                                     [&](int r) { return cur.row(r); }, (int64_t)f.Hq * D, tid);
         moba_cp_async_commit();
     };
     int h_next = hk * f.group + cur.gi;
@@ -94,8 +102,8 @@ __global__ void __launch_bounds__(BWD_THREADS, 2) dkdv_sm90_kernel(BwdArgs a) {
         const int *pos_s = s_pos + stage * RC;
 
         float s[RC / 8][4], dp[RC / 8][4]; /* keys (this warp's 16) x rows */
-        sm90_issue_s<T, D, RC, 64>(sK, q_s, s);
-        sm90_issue_s<T, D, RC, 64>(sV, o_s, dp);
+        sm90_issue_s<T, D, RC, KN>(sK + wgi * 64 * 128, q_s, s); /* this warpgroup's 64 keys */
+        sm90_issue_s<T, D, RC, KN>(sV + wgi * 64 * 128, o_s, dp);
         wg_wait<0>();
         fence_regs<RC / 2>(&s[0][0]);
         fence_regs<RC / 2>(&dp[0][0]);
@@ -120,7 +128,7 @@ __global__ void __launch_bounds__(BWD_THREADS, 2) dkdv_sm90_kernel(BwdArgs a) {
             for (int nt = 0; nt < RC / 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++)
-                    sDS[(nt * 8 + 2 * c + (e & 1)) * BWD_DS_LD + warp * 16 + g + 8 * (e >> 1)] =
+                    sDS[(nt * 8 + 2 * c + (e & 1)) * DS_LD + warp * 16 + g + 8 * (e >> 1)] =
                         moba_pack<T>::from_f32(s[nt][e]);
         if (!FUSE_DQ) { /* (fused: the dq product's wait covers dV and dK, which complete first) */
             wg_wait<0>();
@@ -129,23 +137,24 @@ __global__ void __launch_bounds__(BWD_THREADS, 2) dkdv_sm90_kernel(BwdArgs a) {
         }
         if (FUSE_DQ) {
             __syncthreads(); /* sDS complete */
-            uint32_t af[BWD_TILE / 16][4]; /* this warp's 16 rows x 64 keys of dS */
+            uint32_t af[KN / 16][4]; /* this warp's 16 rows x KN keys of dS */
 #pragma unroll
-            for (int kk = 0; kk < BWD_TILE / 16; kk++) a_frag_smem<BWD_TILE>(af[kk], sDS, warp * 16, kk, lane);
-            const int32_t t[2] = {s_rows[stage * RC + warp * 16 + g], s_rows[stage * RC + warp * 16 + g + 8]};
+            for (int kk = 0; kk < KN / 16; kk++) a_frag_smem<KN>(af[kk], sDS, wwarp * 16, kk, lane);
+            const int32_t t[2] = {s_rows[stage * RC + wwarp * 16 + g], s_rows[stage * RC + wwarp * 16 + g + 8]};
 #pragma unroll
-            for (int half = 0; half < D / 64; half++) { /* dq columns 64 half .. 64 half + 63 */
+            for (int pc = 0; pc < D / 64 / KW; pc++) {
+                const int half = KW == 1 ? pc : wgi; /* dq columns 64 half .. 64 half + 63 */
                 float q[8][4];
 #pragma unroll
                 for (int nt = 0; nt < 8; nt++) q[nt][0] = q[nt][1] = q[nt][2] = q[nt][3] = 0.0f;
                 fence_regs<32>(&q[0][0]);
                 wg_fence();
 #pragma unroll
-                for (int kk = 0; kk < BWD_TILE / 16; kk++)
-                    wg<T>::rs64(&q[0][0], af[kk], sw128_desc(sK + half * (64 * 128) + kk * 2048, 64 * 128, 1024));
+                for (int kk = 0; kk < KN / 16; kk++)
+                    wg<T>::rs64(&q[0][0], af[kk], sw128_desc(sK + half * (KN * 128) + kk * 2048, KN * 128, 1024));
                 wg_commit_wait();
                 fence_regs<32>(&q[0][0]);
-                if (half == 0) {
+                if (pc == 0) {
                     fence_regs<D / 2>(&dv[0][0]);
                     fence_regs<D / 2>(&dk[0][0]);
                 }
@@ -161,30 +170,28 @@ __global__ void __launch_bounds__(BWD_THREADS, 2) dkdv_sm90_kernel(BwdArgs a) {
 #endif
 }
 
-template <typename T, int D>
-static moba_status launch(const moba_call *c, const BwdArgs &a, int64_t num_tiles, bool fuse_dq) {
+template <typename T, int D, bool FUSE_DQ, int KW>
+static moba_status launch(const moba_call *c, const BwdArgs &a) {
     const moba_params *p = c->p;
     constexpr int RC = 64, TB = 64 * D * 2;
-    const size_t smem = 1024 + 6 * TB + (size_t)RC * BWD_DS_LD * sizeof(T) + 2 * RC * 4 * sizeof(int32_t);
-    const dim3 grid((unsigned)num_tiles, p->num_kv_heads);
-    cudaStream_t stream = (cudaStream_t)p->cuda_stream;
-    if (fuse_dq) {
-        MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_sm90_kernel<T, D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)smem));
-        dkdv_sm90_kernel<T, D, true><<<grid, BWD_THREADS, smem, stream>>>(a);
-    } else {
-        MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_sm90_kernel<T, D, false>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        dkdv_sm90_kernel<T, D, false><<<grid, BWD_THREADS, smem, stream>>>(a);
-    }
+    const size_t smem = 1024 + (2 * KW + 4) * TB + (size_t)RC * (64 * KW + 8) * sizeof(T) + 2 * RC * 4 * sizeof(int32_t);
+    const dim3 grid((unsigned)(KW == 2 ? a.f.dl.num_ftiles : a.f.dl.num_tiles), p->num_kv_heads);
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_sm90_kernel<T, D, FUSE_DQ, KW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)smem));
+    dkdv_sm90_kernel<T, D, FUSE_DQ, KW><<<grid, 128 * KW, smem, (cudaStream_t)p->cuda_stream>>>(a);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
 }
 
-moba_status moba_cuda_dkdv_sm90(const moba_call *c, const BwdArgs &a, int64_t num_tiles, bool fuse_dq) {
-    const int d = c->p->head_dim;
-    if (c->p->dtype == MOBA_DTYPE_BF16)
-        return d == 64 ? launch<__nv_bfloat16, 64>(c, a, num_tiles, fuse_dq)
-                       : launch<__nv_bfloat16, 128>(c, a, num_tiles, fuse_dq);
-    return d == 64 ? launch<__half, 64>(c, a, num_tiles, fuse_dq) : launch<__half, 128>(c, a, num_tiles, fuse_dq);
+/* d = 128: two warpgroups on 128 keys (MOBA_CUDA_BWD_KW=1: one on 64); d = 64: one. */
+template <typename T>
+static moba_status launch_d(const moba_call *c, const BwdArgs &a, bool fuse_dq) {
+    if (c->p->head_dim == 64) return fuse_dq ? launch<T, 64, true, 1>(c, a) : launch<T, 64, false, 1>(c, a);
+    const char *e = getenv("MOBA_CUDA_BWD_KW");
+    if (e && *e == '1') return fuse_dq ? launch<T, 128, true, 1>(c, a) : launch<T, 128, false, 1>(c, a);
+    return fuse_dq ? launch<T, 128, true, 2>(c, a) : launch<T, 128, false, 2>(c, a);
+}
+
+moba_status moba_cuda_dkdv_sm90(const moba_call *c, const BwdArgs &a, bool fuse_dq) {
+    return c->p->dtype == MOBA_DTYPE_BF16 ? launch_d<__nv_bfloat16>(c, a, fuse_dq) : launch_d<__half>(c, a, fuse_dq);
 }

@@ -8,9 +8,10 @@
 #   routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes, and both with
 #   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default only for B >= 1024);
 #   sanitize the default and the two smallest-pass runs)
-#   backward  test_cuda_backward (+ golden gradients; default, then MOBA_CUDA_NO_WGMMA=1 = the portable
-#             kernels), its quick subset under memcheck/racecheck, and the per-kernel breakdown of one
-#             backward call for each benchmark case (random, local; two cases also portable)
+#   backward  test_cuda_backward (+ golden gradients; default, MOBA_CUDA_BWD_KW=1 = one warpgroup per
+#             Hopper dk/dv CTA, MOBA_CUDA_NO_WGMMA=1 = the portable kernels), its quick subset under
+#             memcheck/racecheck, and the per-kernel breakdown of one backward call for each benchmark
+#             case (random, local; two cases also with the other two kernels)
 #   bwdbench  bench/gpu/bench_backward.py --quick (forward+backward vs SDPA)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
@@ -65,7 +66,7 @@ for phase in $phases; do
       done
     done ;;
   backward)
-    for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_NO_WGMMA=1; do
+    for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_BWD_KW=1 MOBA_CUDA_NO_WGMMA=1; do
       env $env ./build/tests/gpu/test_cuda_backward "$ROOT/.golden" > /tmp/t.log 2>&1
       echo "test_cuda_backward $env rc=$?" | tee -a "$OUT/backward.log"
       cat /tmp/t.log >> "$OUT/backward.log"; grep -E "FAILED|worst|passed|golden" /tmp/t.log | head -12
@@ -80,10 +81,10 @@ for phase in $phases; do
       python3 bench/gpu/breakdown.py --lib build/libmoba.so --case $c --kind $kind --op backward 2>&1 | head -14 \
         | grep -v -i warn | tee -a "$OUT/bwd_breakdown.log"
     done; done
-    for c in 0 3; do  # the portable dk/dv kernel on the same inputs (the previous version's)
-      MOBA_CUDA_NO_WGMMA=1 python3 bench/gpu/breakdown.py --lib build/libmoba.so --case $c --kind random --op backward \
+    for c in 0 3; do for env in MOBA_CUDA_BWD_KW=1 MOBA_CUDA_NO_WGMMA=1; do  # one warpgroup per CTA; portable
+      env $env python3 bench/gpu/breakdown.py --lib build/libmoba.so --case $c --kind random --op backward \
         2>&1 | head -6 | grep -v -i warn | tee -a "$OUT/bwd_breakdown.log"
-    done ;;
+    done; done ;;
   bwdbench)  # bench/gpu/bench_backward.py --quick (the table of docs/cuda-backward.md)
     PYTHONUNBUFFERED=1 python3 bench/gpu/bench_backward.py --lib build/libmoba.so --quick ${BENCH_ARGS:-} \
       > "$OUT/bwdbench.log" 2> "$OUT/bwdbench.err"; echo "bwdbench rc=$?"; tail -5 "$OUT/bwdbench.err"
