@@ -334,15 +334,12 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
     T *sDS = reinterpret_cast<T *>(s_pos + 2 * RC); /* (FUSE_DQ) dS [RC][BWD_DS_LD] */
 
     const FwdArgs &f = a.f;
-    /* its rows are the keys here; the tiles are sorted heaviest-for-the-forward (latest block) first,
-     * and the earliest blocks have the most rows here (every later row may select them): reversed */
-    const moba_tile tile = f.dl.tiles[gridDim.x - 1 - blockIdx.x];
+    const BwdKeyTile kt = bwd_key_tile(f, f.dl.tiles);
+    const moba_tile &tile = kt.tile;
+    const int64_t seq0 = kt.seq0;
+    const int len = kt.len, nkeys = kt.nkeys, kpos0 = kt.kpos0;
     const int hk = blockIdx.y, tid = threadIdx.x;
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
-    const int64_t seq0 = f.dl.cu_seqlens[tile.seq];
-    const int len = (int)(f.dl.cu_seqlens[tile.seq + 1] - seq0);
-    const int nkeys = (int)(tile.row_end - tile.row_begin);
-    const int kpos0 = (int)(tile.row_begin - seq0);
     const int64_t kv_off = (tile.row_begin * f.Hkv + hk) * D;
 
     moba_load_tile<D, BWD_TILE, BWD_THREADS>(sK, reinterpret_cast<const T *>(f.k) + kv_off, (int64_t)f.Hkv * D, nkeys,

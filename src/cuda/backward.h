@@ -45,6 +45,26 @@ __device__ __forceinline__ void a_frag_smem(uint32_t *f, const T *base, int row0
     moba_ldmatrix_x4(f, base + (row0 + (lane % 8) + ((lane / 8) & 1) * 8) * (D + 8) + kk * 16 + (lane / 16) * 8);
 }
 
+/* One dk/dv CTA's keys: the layout tile whose rows they are, and where it lies in its sequence. The
+ * tiles are sorted heaviest-for-the-forward (latest block) first; here the earliest blocks carry the
+ * most rows (every later row may select them), so CTA x takes tile count - 1 - x. */
+struct BwdKeyTile {
+    moba_tile tile;
+    int64_t seq0;  /* first token of the sequence */
+    int len;       /* its length */
+    int nkeys;     /* keys in the tile */
+    int kpos0;     /* position of the first key in the sequence */
+};
+__device__ __forceinline__ BwdKeyTile bwd_key_tile(const FwdArgs &f, const moba_tile *tiles) {
+    BwdKeyTile k;
+    k.tile = tiles[gridDim.x - 1 - blockIdx.x];
+    k.seq0 = f.dl.cu_seqlens[k.tile.seq];
+    k.len = (int)(f.dl.cu_seqlens[k.tile.seq + 1] - k.seq0);
+    k.nkeys = (int)(k.tile.row_end - k.tile.row_begin);
+    k.kpos0 = (int)(k.tile.row_begin - k.seq0);
+    return k;
+}
+
 /* The rows whose selection holds one key tile's block, walked in chunks of RC: for each q head gi of
  * the group in order, a list (routed: the inverted index) or a range (full attention: every later
  * row; top_k 1: the block's own rows). Rows before the tile's first key see none of its keys and are

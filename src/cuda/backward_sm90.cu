@@ -50,16 +50,13 @@ __global__ void __launch_bounds__(128 * KW, 2 / KW) dkdv_sm90_kernel(BwdArgs a) 
     int32_t *s_rows = reinterpret_cast<int32_t *>(s_dlt + 2 * RC), *s_pos = s_rows + 2 * RC; /* [2][RC] */
 
     const FwdArgs &f = a.f;
-    /* its rows are the keys here; the tiles are sorted heaviest-for-the-forward (latest block) first,
-     * and the earliest blocks have the most rows here (every later row may select them): reversed */
-    const moba_tile tile = (KW == 2 ? f.dl.ftiles : f.dl.tiles)[gridDim.x - 1 - blockIdx.x];
+    const BwdKeyTile kt = bwd_key_tile(f, KW == 2 ? f.dl.ftiles : f.dl.tiles);
+    const moba_tile &tile = kt.tile;
+    const int64_t seq0 = kt.seq0;
+    const int len = kt.len, nkeys = kt.nkeys, kpos0 = kt.kpos0;
     const int hk = blockIdx.y, tid = threadIdx.x;
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4; /* warp w: keys 16w.. */
     const int wgi = tid / 128, wwarp = warp % 4; /* warpgroup; warp within it */
-    const int64_t seq0 = f.dl.cu_seqlens[tile.seq];
-    const int len = (int)(f.dl.cu_seqlens[tile.seq + 1] - seq0);
-    const int nkeys = (int)(tile.row_end - tile.row_begin);
-    const int kpos0 = (int)(tile.row_begin - seq0);
     const int64_t kv_off = (tile.row_begin * f.Hkv + hk) * D;
 
     load_sw128<D, KN, T, THREADS>(sK, reinterpret_cast<const T *>(f.k) + kv_off, (int64_t)f.Hkv * D, nkeys, tid);
