@@ -180,12 +180,14 @@ static moba_status launch(const moba_call *c, const BwdArgs &a) {
     return MOBA_OK;
 }
 
-/* d = 128: two warpgroups on 128 keys (MOBA_CUDA_BWD_KW=1: one on 64); d = 64: one. */
+/* d = 128 and blocks of >= 128 keys: two warpgroups on 128 keys (MOBA_CUDA_BWD_KW=1: one on 64);
+ * otherwise one (smaller blocks would leave a 128-key tile at most half full). */
 template <typename T>
 static moba_status launch_d(const moba_call *c, const BwdArgs &a, bool fuse_dq) {
     if (c->p->head_dim == 64) return fuse_dq ? launch<T, 64, true, 1>(c, a) : launch<T, 64, false, 1>(c, a);
     const char *e = getenv("MOBA_CUDA_BWD_KW");
-    if (e && *e == '1') return fuse_dq ? launch<T, 128, true, 1>(c, a) : launch<T, 128, false, 1>(c, a);
+    if ((e && *e == '1') || c->p->block_size < 128)
+        return fuse_dq ? launch<T, 128, true, 1>(c, a) : launch<T, 128, false, 1>(c, a);
     return fuse_dq ? launch<T, 128, true, 2>(c, a) : launch<T, 128, false, 2>(c, a);
 }
 
