@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_forward import D, OP_FORWARD, TARGETS, Params, check, load_lib, make_inputs, make_params, time_ms  # noqa
+from bench_forward import (D, OP_BACKWARD, OP_FORWARD, TARGETS, check, load_lib, make_inputs,  # noqa: E402
+                           make_params, time_ms)
 
-OP_BACKWARD = 1
 TARGETS_FB = [t[:4] + (f,) for t, f in zip(TARGETS, (6.0, 8.0, 1.4, 6.0))]  # the backward issue's targets
 
 
@@ -84,8 +84,6 @@ def main():
     ap.add_argument("--deterministic", action="store_true", help="the bitwise reproducible backward (separate dq pass)")
     args = ap.parse_args()
     lib = load_lib(args.lib)
-    vp, sz = ctypes.c_void_p, ctypes.c_size_t
-    lib.moba_backward.argtypes = [ctypes.POINTER(Params)] + [vp] * 10 + [sz]
     mode = "deterministic" if args.deterministic else "default (atomic dq)"
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, d={D}, one sequence, fwd+bwd, "
           f"backward mode: {mode}")

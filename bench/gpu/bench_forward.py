@@ -29,7 +29,7 @@ TARGETS = [  # (tokens, heads, block, top_k, target speedup)
     (1024 * 1024, 1, 4096, 12, 8.0),
 ]
 D = 128
-CUDA, BF16, OP_FORWARD, OP_ROUTE = 1, 2, 0, 2
+CUDA, BF16, OP_FORWARD, OP_BACKWARD, OP_ROUTE = 1, 2, 0, 1, 2
 
 
 class Params(ctypes.Structure):  # moba_params, include/moba.h
@@ -48,6 +48,7 @@ def load_lib(path):
     lib.moba_workspace_size.argtypes = [ctypes.POINTER(Params), ctypes.c_int, ctypes.POINTER(sz)]
     lib.moba_forward.argtypes = [ctypes.POINTER(Params), vp, vp, vp, vp, vp, vp, sz]
     lib.moba_route.argtypes = [ctypes.POINTER(Params), vp, vp, vp, vp, sz]
+    lib.moba_backward.argtypes = [ctypes.POINTER(Params)] + [vp] * 10 + [sz]
     return lib
 
 

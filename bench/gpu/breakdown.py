@@ -39,17 +39,16 @@ def main():
         bf.check(lib, lib.moba_forward(ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
                                        lse.data_ptr(), ws.data_ptr(), ws_bytes.value), "moba_forward")
 
-    moba = fwd
-    if args.op == "backward":  # profile the backward alone, on the forward's o and lse
+    if args.op == "forward":
+        moba, ws_shown = fwd, ws_bytes.value
+    else:  # profile the backward alone, on the forward's o and lse
         fwd()
-        vp, sz = ctypes.c_void_p, ctypes.c_size_t
-        lib.moba_backward.argtypes = [ctypes.POINTER(bf.Params)] + [vp] * 10 + [sz]
         do = torch.randn(n, h, bf.D, device="cuda", dtype=torch.bfloat16, generator=gen)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         bws_bytes = ctypes.c_size_t()
-        bf.check(lib, lib.moba_workspace_size(ctypes.byref(p), 1, ctypes.byref(bws_bytes)), "workspace")
+        bf.check(lib, lib.moba_workspace_size(ctypes.byref(p), bf.OP_BACKWARD, ctypes.byref(bws_bytes)), "workspace")
         bws = torch.empty(max(bws_bytes.value, 1), device="cuda", dtype=torch.uint8)
-        ws_bytes = bws_bytes
+        ws_shown = bws_bytes.value
 
         def moba():
             bf.check(lib, lib.moba_backward(ctypes.byref(p), do.data_ptr(), q.data_ptr(), k.data_ptr(),
@@ -71,7 +70,7 @@ def main():
             rows[name] = (c + 1, t + e.device_time)
             total += e.device_time
     env = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MOBA_CUDA"))
-    print(f"## {args.op} {n // 1024}K H{h} B{block} top_k {topk} {args.kind} {env}: workspace {ws_bytes.value / 2**20:.0f} MiB,"
+    print(f"## {args.op} {n // 1024}K H{h} B{block} top_k {topk} {args.kind} {env}: workspace {ws_shown / 2**20:.0f} MiB,"
           f" GPU kernel time {total / 1000:.3f} ms")
     for name, (c, t) in sorted(rows.items(), key=lambda x: -x[1][1]):
         print(f"  {name:40s} {c:5d} launches {t / 1000:8.3f} ms {100 * t / total:5.1f}%")
