@@ -37,15 +37,7 @@ static void run_case(moba_dtype dt, int d, const int *lens, int nseq, int hq, in
     moba_params p;
     moba_params_init(&p);
     p.backend = MOBA_BACKEND_CUDA;
-    p.dtype = dt;
-    p.num_seqs = nseq;
-    p.total_tokens = total;
-    p.cu_seqlens = cu;
-    p.num_q_heads = hq;
-    p.num_kv_heads = hkv;
-    p.head_dim = d;
-    p.block_size = block;
-    p.top_k = topk;
+    ref_set_problem(&p, dt, nseq, cu, hq, hkv, d, block, topk);
 
     size_t es = ref_dtype_size(dt), nq = (size_t)total * hq * d, nk = (size_t)total * hkv * d;
     size_t nsel = (size_t)hq * total * topk, nl = (size_t)hq * total;
