@@ -373,15 +373,7 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
     if (cur.gi < f.group) load(0);
     for (int it = 0; cur.gi < f.group; it++) {
         const int stage = it & 1, h = h_next;
-        cur.next<RC>(a, tile, hk, seq0, len);
-        const bool more = cur.gi < f.group;
-        if (more) {
-            h_next = hk * f.group + cur.gi;
-            load(stage ^ 1);
-            moba_cp_async_wait<1>();
-        } else {
-            moba_cp_async_wait<0>();
-        }
+        bwd_prefetch_next<RC>(cur, a, tile, hk, seq0, len, stage ^ 1, h_next, load);
         __syncthreads(); /* this chunk's rows are in `stage` */
         const T *q_s = sQ + stage * RC * (D + 8), *o_s = sO + stage * RC * (D + 8);
         const float *lse_s = s_lse + stage * RC, *dlt_s = s_dlt + stage * RC;

@@ -105,6 +105,23 @@ struct BwdRowCursor {
     }
 };
 
+/* The step between two chunks of the dk/dv kernels' double-buffered walk: moves the cursor past the
+ * chunk about to be computed; if one is left, starts loading it into next_stage (load, one commit
+ * group) and waits for the older groups only, else for all. Either way the current chunk's copies
+ * are complete after it. h_next: set to the next chunk's q head when there is one. */
+template <int RC, class Load>
+__device__ __forceinline__ void bwd_prefetch_next(BwdRowCursor &cur, const BwdArgs &a, const moba_tile &tile, int hk,
+                                                  int64_t seq0, int len, int next_stage, int &h_next, Load &&load) {
+    cur.next<RC>(a, tile, hk, seq0, len);
+    if (cur.gi < a.f.group) {
+        h_next = hk * a.f.group + cur.gi;
+        load(next_stage);
+        moba_cp_async_wait<1>();
+    } else {
+        moba_cp_async_wait<0>();
+    }
+}
+
 /* The chunk's per-row data into shared memory [RC] (threads tid < RC): token, position in the
  * sequence (-1: none), lse and D (by cp.async, in the caller's commit group). */
 template <int RC>

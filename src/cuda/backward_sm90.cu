@@ -84,14 +84,7 @@ __global__ void __launch_bounds__(128 * KW, 2 / KW) dkdv_sm90_kernel(BwdArgs a) 
     if (cur.gi < f.group) load(0);
     for (int it = 0; cur.gi < f.group; it++) {
         const int stage = it & 1, h = h_next;
-        cur.next<RC>(a, tile, hk, seq0, len);
-        if (cur.gi < f.group) {
-            h_next = hk * f.group + cur.gi;
-            load(stage ^ 1);
-            moba_cp_async_wait<1>();
-        } else {
-            moba_cp_async_wait<0>();
-        }
+        bwd_prefetch_next<RC>(cur, a, tile, hk, seq0, len, stage ^ 1, h_next, load);
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* cp.async wrote what wgmma reads */
         __syncthreads();
         const char *q_s = sQ + stage * TB, *o_s = sO + stage * TB;
