@@ -232,7 +232,7 @@ static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan 
         a.stride = plan->sel_stride;
         if (plan->kbm && plan->kptot > 0 && sm90) {
             a.kbm_flags = (int32_t *)((char *)ws + plan->kflags);
-            a.kbm_min_union = moba_cuda_kbm_min_union(c);
+            moba_cuda_kbm_setup(c, &a);
             if (!a.lse) a.lse = (float *)((char *)ws + plan->klse); /* the merge needs the own block's lse */
         }
     }

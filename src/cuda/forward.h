@@ -25,6 +25,8 @@ struct FwdArgs {
      * flags are written for every tile. NULL: never. */
     int32_t *kbm_flags;
     int kbm_min_union;
+    int kbm_ws_ctas;    /* the warp-specialised key-block-major kernel's CTAs; 0: the plain kernel */
+    int kbm_own;        /* a handed-off tile's own block is done key-block-major too (forward_kbm.cu) */
 };
 
 /* Hopper path (forward_sm90.cu): does it apply to this call (sm_90, B % 64 == 0, not switched off), and
@@ -34,7 +36,7 @@ int moba_cuda_hopper(void); /* the device is sm_90 and MOBA_CUDA_NO_WGMMA is not
 moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a);
 /* Key-block-major second half (forward_kbm.cu), after forward_sm90 ran with a.kbm_flags set:
  * the history of every handed-off tile, merged into o and a.lse. fpairs: the plan's, on the host. */
-int moba_cuda_kbm_min_union(const moba_call *c);
+void moba_cuda_kbm_setup(const moba_call *c, FwdArgs *a); /* kbm_min_union, kbm_ws_ctas, kbm_own */
 moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan, void *ws, const FwdArgs &a,
                                   const int64_t *fpairs);
 
@@ -74,8 +76,9 @@ __device__ __forceinline__ void build_union(const FwdArgs &a, const moba_tile &t
 
 /* Key-block-major hand-off (a.kbm_flags set): counts the union's history blocks; a tile with more
  * than a.kbm_min_union keeps only its own block here, the rest is done key-block-major
- * (forward_kbm.cu), and kbm_flags[h * num_ftiles + f] says which. All threads; ends synced. */
-__device__ __forceinline__ void kbm_decide(const FwdArgs &a, const moba_tile &tile, int64_t f, int h,
+ * (forward_kbm.cu), and kbm_flags[h * num_ftiles + f] says which. Returns whether it was handed off.
+ * All threads; ends synced. */
+__device__ __forceinline__ bool kbm_decide(const FwdArgs &a, const moba_tile &tile, int64_t f, int h,
                                            uint32_t *bitmap, int tid, int threads) {
     __shared__ int handed_off;
     const int j = tile.block, words = j / 32 + 1;
@@ -90,10 +93,12 @@ __device__ __forceinline__ void kbm_decide(const FwdArgs &a, const moba_tile &ti
         }
     }
     __syncthreads();
-    if (handed_off) {
+    const bool off = handed_off;
+    if (off) {
         for (int w = tid; w < words; w += threads) bitmap[w] = w == j / 32 ? 1u << (j % 32) : 0u;
         __syncthreads();
     }
+    return off;
 }
 
 /* Work items (block b, chunk ci of BN keys) over the bitmap in increasing order; the own block

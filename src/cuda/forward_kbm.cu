@@ -7,8 +7,8 @@
  * pairs are grouped by (kv head, block) and a CTA takes up to 128 pairs of one group, so K/V of a
  * block are loaded once per 128 queries that chose it and no MMA is wasted:
  *     o_p = softmax(q K_b^T * scale) V_b,   lse_p = log sum exp(q K_b^T * scale)
- * A row then merges the own-block result the query-tile-major kernel left in (o, lse) with its
- * partials by their LSEs:
+ * A row then merges the own-block result left in (o, lse) - by the query-tile-major kernel, or with the
+ * warp-specialised kernel by an own-block tile of that kernel - with its partials by their LSEs:
  *     o = sum_x exp(lse_x - L) o_x,   L = log sum_x exp(lse_x).
  * The tiles that go this way are the ones whose union has more than kbm_min_union history blocks
  * (forward.h: kbm_decide); the others never come here.
@@ -52,6 +52,7 @@ struct KbmArgs {
     int64_t total, nf, ptot, tfb, ng, u0, s0;
     int Hq, Hkv, group, B, stride, k1, num_seqs;
     int ws_ctas;                /* persistent CTAs of the warp-specialised kernel (SMs); 0: the plain one */
+    int own;                    /* handed-off tiles' own blocks are items of the warp-specialised kernel */
     float scale_log2;
 };
 
@@ -135,8 +136,9 @@ __global__ void __launch_bounds__(256) kbm_scatter_kernel(KbmArgs a, int64_t uni
 }
 
 /* One CTA: exclusive prefix sums of the group counts (pair offsets) and of their tile counts, the
- * tile list, and the counts reset to 0 for the scatter's cursors. */
-__global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a) {
+ * tile list, and the counts reset to 0 for the scatter's cursors. With a.own, the list goes on with
+ * one own-block item per handed-off unit of the pass: {-1 - q head, block's first key, first row, rows}. */
+__global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a, int64_t units) {
     __shared__ int64_t sp[KBM_SCAN_THREADS], st[KBM_SCAN_THREADS];
     const int tid = threadIdx.x;
     const int64_t per = (a.ng + KBM_SCAN_THREADS - 1) / KBM_SCAN_THREADS;
@@ -171,7 +173,33 @@ __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a) {
         }
         p += n;
     }
-    if (tid == KBM_SCAN_THREADS - 1) *a.ntiles = (int)st[tid];
+    const int64_t hist_tiles = st[KBM_SCAN_THREADS - 1];
+    if (!a.own) {
+        if (tid == 0) *a.ntiles = (int)hist_tiles;
+        return;
+    }
+    const int64_t uper = (units + KBM_SCAN_THREADS - 1) / KBM_SCAN_THREADS;
+    const int64_t u0 = min(units, tid * uper), u1 = min(units, u0 + uper);
+    int64_t no = 0;
+    for (int64_t u = u0; u < u1; u++) no += a.flags[a.u0 + u] != 0;
+    __syncthreads(); /* every thread has read st */
+    st[tid] = no;
+    __syncthreads();
+    for (int o = 1; o < KBM_SCAN_THREADS; o *= 2) {
+        const int64_t v = tid >= o ? st[tid - o] : 0;
+        __syncthreads();
+        st[tid] += v;
+        __syncthreads();
+    }
+    t = hist_tiles + st[tid] - no;
+    for (int64_t u = u0; u < u1; u++) {
+        if (!a.flags[a.u0 + u]) continue;
+        const int h = (int)((a.u0 + u) / a.nf);
+        const moba_tile tile = a.ftiles[(a.u0 + u) % a.nf];
+        const int64_t key0 = a.cu_seqlens[tile.seq] + (int64_t)tile.block * a.B;
+        a.tiles[t++] = make_int4(-1 - h, (int)key0, (int)tile.row_begin, (int)(tile.row_end - tile.row_begin));
+    }
+    if (tid == KBM_SCAN_THREADS - 1) *a.ntiles = (int)(hist_tiles + st[tid]);
 }
 
 /* The rows row0 and row0 + 8 (of a tile's n pairs, pair list pl) to their partial slots: o / l in the
@@ -263,12 +291,17 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
 
 /* Warp-specialised version (the default for B >= 1024; MOBA_CUDA_KBM_WS=1/0 forces it on/off). A persistent CTA of three
  * warpgroups per SM walks its tiles' chunks as one stream of items: warpgroup 0 only loads (K/V into a KBM_WS_STAGES ring, a
- * tile's gathered Q with its first chunk, two Q buffers), waits for its own copies two items behind,
+ * tile's Q with its first chunk, two Q buffers), waits for its own copies two items behind,
  * fences them to the async proxy and arrives on the stage's "full" mbarrier; warpgroups 1 and 2 take 64
  * rows each and, per item, wait "full", issue S(s), rescale O, issue O += P(s-1) V(s-1), wait for S(s)
  * only, run the softmax while P V runs (FA3's order; the first item of a tile peeled so that no wgmma
  * is under a branch), then release the stage of item s-1 on its "empty" mbarrier. No CTA barrier in
- * the loop: the consumers are tied to each other only through the stages. */
+ * the loop: the consumers are tied to each other only through the stages.
+ * Two kinds of tile: a history tile (x = kv head >= 0: up to 128 gathered pairs against a whole block,
+ * results to the partials) and, with a.own, an own-block tile (x = -1 - q head: up to 128 consecutive
+ * rows of one block against its keys up to the last row, causal, results straight to o and lse; the
+ * query-tile-major kernel did this part at a third of the speed). A warpgroup stops at its diagonal
+ * chunk and only waits out / releases the stages after it. */
 #define KBM_WS_STAGES 5
 #define KBM_WS_THREADS 384
 template <typename T, int D>
@@ -280,10 +313,9 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
     char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
     char *sQ = smem, *sK = sQ + 2 * 2 * Q_BYTES, *sV = sK + NS * KV_BYTES;
     uint64_t *full = reinterpret_cast<uint64_t *>(sV + NS * KV_BYTES), *empty = full + NS, *qempty = empty + NS;
-    const int ntiles = *a.ntiles, nch = a.B / BN;
+    const int ntiles = *a.ntiles;
     const int mine = ntiles > (int)blockIdx.x ? (ntiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x : 0;
-    const int total = mine * nch;
-    if (total == 0) return;
+    if (mine == 0) return;
     const int tid = threadIdx.x, wg = tid / 128;
     if (tid == 0) {
         for (int i = 0; i < NS; i++) {
@@ -296,36 +328,49 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
     }
     __syncthreads();
     auto tile_of = [&](int n) { return a.tiles[blockIdx.x + n * gridDim.x]; };
+    /* chunks of a tile: the whole block, or the own block's keys up to the tile's last row */
+    auto chunks_of = [&](const int4 &t) { return t.x >= 0 ? a.B / BN : (t.z + t.w - t.y + BN - 1) / BN; };
 
     if (wg == 0) { /* producer */
         const int ptid = tid;
-        const T *kg = reinterpret_cast<const T *>(a.k), *vg = reinterpret_cast<const T *>(a.v);
+        const T *qg = reinterpret_cast<const T *>(a.q), *kg = reinterpret_cast<const T *>(a.k),
+                *vg = reinterpret_cast<const T *>(a.v);
         const int64_t kv_stride = (int64_t)a.Hkv * D;
         auto signal = [&](int s) { /* this thread's copies of item s have landed */
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
             mbar_arrive(&full[s % NS]);
         };
-        for (int s = 0; s < total; s++) {
-            const int n = s / nch, ci = s % nch, st = s % NS;
-            if (s >= NS) mbar_wait(&empty[st], (s / NS - 1) & 1);
+        int s = 0;
+        for (int n = 0; n < mine; n++) {
             const int4 tile = tile_of(n);
-            if (ci == 0) {
-                if (n >= 2) mbar_wait(&qempty[n % 2], (n / 2 - 1) & 1);
-                for (int w = 0; w < 2; w++)
-                    load_sw128_gather<D, ROWS, T, 128>(sQ + (n % 2 * 2 + w) * Q_BYTES, reinterpret_cast<const T *>(a.q),
-                                                       a.plist + tile.z + w * ROWS, tile.w - w * ROWS, ptid);
-            }
-            const int64_t off = ((int64_t)(tile.y + ci * BN) * a.Hkv + tile.x) * D;
-            load_sw128<D, BN, T, 128>(sK + st * KV_BYTES, kg + off, kv_stride, BN, ptid);
-            load_sw128<D, BN, T, 128>(sV + st * KV_BYTES, vg + off, kv_stride, BN, ptid);
-            moba_cp_async_commit();
-            if (s >= LAG) {
-                moba_cp_async_wait<LAG>();
-                signal(s - LAG);
+            const int nch = chunks_of(tile), h = -1 - tile.x, hk = tile.x >= 0 ? tile.x : h / a.group;
+            for (int ci = 0; ci < nch; ci++, s++) {
+                const int st = s % NS;
+                if (s >= NS) mbar_wait(&empty[st], (s / NS - 1) & 1);
+                if (ci == 0) {
+                    if (n >= 2) mbar_wait(&qempty[n % 2], (n / 2 - 1) & 1);
+                    for (int w = 0; w < 2; w++) {
+                        char *dst = sQ + (n % 2 * 2 + w) * Q_BYTES;
+                        if (tile.x >= 0)
+                            load_sw128_gather<D, ROWS, T, 128>(dst, qg, a.plist + tile.z + w * ROWS, tile.w - w * ROWS, ptid);
+                        else
+                            load_sw128<D, ROWS, T, 128>(dst, qg + ((int64_t)(tile.z + w * ROWS) * a.Hq + h) * D,
+                                                        (int64_t)a.Hq * D, tile.w - w * ROWS, ptid);
+                    }
+                }
+                const int key = tile.y + ci * BN, valid = tile.x >= 0 ? BN : min(BN, tile.z + tile.w - key);
+                const int64_t off = ((int64_t)key * a.Hkv + hk) * D;
+                load_sw128<D, BN, T, 128>(sK + st * KV_BYTES, kg + off, kv_stride, valid, ptid);
+                load_sw128<D, BN, T, 128>(sV + st * KV_BYTES, vg + off, kv_stride, valid, ptid);
+                moba_cp_async_commit();
+                if (s >= LAG) {
+                    moba_cp_async_wait<LAG>();
+                    signal(s - LAG);
+                }
             }
         }
         moba_cp_async_wait<0>();
-        for (int s = total - LAG > 0 ? total - LAG : 0; s < total; s++) signal(s);
+        for (int x = s - LAG > 0 ? s - LAG : 0; x < s; x++) signal(x);
         return;
     }
 
@@ -334,43 +379,73 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
     const int row0 = cw * 64 + warp * 16 + g;
     float m[2], l[2], alpha[2], acc[D / 8][4];
     uint32_t pa[BN / 16][4];
+    int s0 = 0;
     for (int n = 0; n < mine; n++) {
-        const int s0 = n * nch;
+        const int4 tile = tile_of(n);
+        const bool own = tile.x < 0;
+        const int nch = chunks_of(tile);
+        /* own-block tile: this lane's rows sit at block positions qpos, qpos + 8; the warpgroup's first
+         * row at wpos; chunks past its last row are skipped, those reaching past its first are masked */
+        const int wpos = tile.z - tile.y + cw * ROWS, qpos = tile.z - tile.y + row0;
+        const int last = !own ? nch - 1 : cw * ROWS < tile.w ? min(nch - 1, (wpos + ROWS - 1) / BN) : -1;
         const char *q_s = sQ + (n % 2 * 2 + cw) * Q_BYTES;
         attn_state_init(m, l, acc);
-        mbar_wait(&full[s0 % NS], (s0 / NS) & 1);
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        {
-            float sc[BN / 8][4];
-            sm90_issue_s<T, D, BN, ROWS>(q_s, sK + s0 % NS * KV_BYTES, sc);
-            wg_wait<0>();
-            fence_regs<BN / 2>(&sc[0][0]);
-            softmax_update(sc, m, l, alpha, true, true, false, 0, 0, a.scale_log2);
-            pack_p<T>(sc, pa);
-        }
-        for (int s = s0 + 1; s < s0 + nch; s++) {
-            mbar_wait(&full[s % NS], (s / NS) & 1);
+        if (last >= 0) {
+            mbar_wait(&full[s0 % NS], (s0 / NS) & 1);
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-            float sc[BN / 8][4];
-            sm90_issue_s<T, D, BN, ROWS>(q_s, sK + s % NS * KV_BYTES, sc);
+            {
+                float sc[BN / 8][4];
+                sm90_issue_s<T, D, BN, ROWS>(q_s, sK + s0 % NS * KV_BYTES, sc);
+                wg_wait<0>();
+                fence_regs<BN / 2>(&sc[0][0]);
+                softmax_update(sc, m, l, alpha, true, true, own && BN - 1 > wpos, 2 * c, qpos, a.scale_log2);
+                pack_p<T>(sc, pa);
+            }
+            for (int s = s0 + 1; s <= s0 + last; s++) {
+                mbar_wait(&full[s % NS], (s / NS) & 1);
+                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                float sc[BN / 8][4];
+                sm90_issue_s<T, D, BN, ROWS>(q_s, sK + s % NS * KV_BYTES, sc);
+                rescale_acc(acc, alpha);
+                sm90_issue_pv<T, D, BN>(sV + (s - 1) % NS * KV_BYTES, acc, pa); /* runs under the softmax */
+                wg_wait<1>();
+                fence_regs<BN / 2>(&sc[0][0]);
+                const int kcol = (s - s0) * BN;
+                softmax_update(sc, m, l, alpha, true, true, own && kcol + BN - 1 > wpos, kcol + 2 * c, qpos,
+                               a.scale_log2);
+                wg_wait<0>();
+                fence_regs<D / 2>(&acc[0][0]);
+                pack_p<T>(sc, pa);
+                mbar_arrive(&empty[(s - 1) % NS]); /* item s-1: S and P V done */
+            }
+            mbar_arrive(&qempty[n % 2]); /* every S of the tile is done */
             rescale_acc(acc, alpha);
-            sm90_issue_pv<T, D, BN>(sV + (s - 1) % NS * KV_BYTES, acc, pa); /* runs under the softmax */
-            wg_wait<1>();
-            fence_regs<BN / 2>(&sc[0][0]);
-            softmax_update(sc, m, l, alpha, true, true, false, 0, 0, a.scale_log2);
+            sm90_issue_pv<T, D, BN>(sV + (s0 + last) % NS * KV_BYTES, acc, pa);
             wg_wait<0>();
             fence_regs<D / 2>(&acc[0][0]);
-            pack_p<T>(sc, pa);
-            mbar_arrive(&empty[(s - 1) % NS]); /* item s-1: S and P V done */
+            mbar_arrive(&empty[(s0 + last) % NS]);
+        } else {
+            mbar_arrive(&qempty[n % 2]);
         }
-        mbar_arrive(&qempty[n % 2]); /* every S of the tile is done */
-        rescale_acc(acc, alpha);
-        sm90_issue_pv<T, D, BN>(sV + (s0 + nch - 1) % NS * KV_BYTES, acc, pa);
-        wg_wait<0>();
-        fence_regs<D / 2>(&acc[0][0]);
-        mbar_arrive(&empty[(s0 + nch - 1) % NS]);
-        const int4 tile = tile_of(n);
-        store_partials<T, D>(a, a.plist + tile.z, row0, tile.w, acc, m, l, c);
+        /* stages this warpgroup does not need: wait until they are full (so that an arrival cannot count
+         * towards the stage's next use), then release them */
+        for (int s = s0 + last + 1; s < s0 + nch; s++) {
+            mbar_wait(&full[s % NS], (s / NS) & 1);
+            mbar_arrive(&empty[s % NS]);
+        }
+        if (own) {
+            const int h = -1 - tile.x;
+            const bool v0 = row0 < tile.w, v1 = row0 + 8 < tile.w;
+            const int64_t t0 = (int64_t)tile.z + row0;
+            T *o = reinterpret_cast<T *>(a.o);
+            T *const orow[2] = {v0 ? o + (t0 * a.Hq + h) * D : NULL, v1 ? o + ((t0 + 8) * a.Hq + h) * D : NULL};
+            float *const lse_at[2] = {v0 ? a.lse + (int64_t)h * a.total + t0 : NULL,
+                                      v1 ? a.lse + (int64_t)h * a.total + t0 + 8 : NULL};
+            store_rows_to<T, D / 8>(orow, lse_at, acc, m, l, c, a.scale_log2);
+        } else {
+            store_partials<T, D>(a, a.plist + tile.z, row0, tile.w, acc, m, l, c);
+        }
+        s0 += nch;
     }
 #else
     __trap(); /* built for another target: the host never launches it there */
@@ -430,7 +505,7 @@ int moba_cuda_kbm_enabled(const moba_call *c) {
  * below 1 at B = 4096 (full unmasked tiles beat the masked union walk even without waste): so
  * B >= 2048 always, 256..1024 above 1.25, smaller above 2. MOBA_CUDA_KBM=1: every tile (tests);
  * MOBA_CUDA_KBM_RATIO: another ratio. */
-int moba_cuda_kbm_min_union(const moba_call *c) {
+static int kbm_min_union(const moba_call *c) {
     const char *e = getenv("MOBA_CUDA_KBM");
     if (e && *e == '1') return -1;
     const int B = c->p->block_size;
@@ -439,6 +514,27 @@ int moba_cuda_kbm_min_union(const moba_call *c) {
     if (ratio < 0) return -1;
     double u = ratio * (c->slots - 1);
     return u >= INT_MAX ? INT_MAX : (int)u;
+}
+
+/* The key-block-major switches of one forward call (a.kbm_flags set by the caller):
+ * - kbm_min_union (above);
+ * - kbm_ws_ctas: the warp-specialised attend kernel, one persistent CTA per SM, for block sizes >= 1024
+ *   (7-8% faster at B = 4096, the same at B = 512 and 128: docs/cuda.md); MOBA_CUDA_KBM_WS=1 / 0 forces it
+ *   on / off (tests run both); 0: the plain kernel;
+ * - kbm_own: with it, a handed-off tile's own block is an item of that kernel too, not the query-tile-major
+ *   kernel's (MOBA_CUDA_KBM_OWN=0: the query-tile-major kernel's, as before, for measurements). */
+void moba_cuda_kbm_setup(const moba_call *c, FwdArgs *a) {
+    a->kbm_min_union = kbm_min_union(c);
+    const char *e = getenv("MOBA_CUDA_KBM_WS");
+    const int use_ws = e && *e ? *e == '1' : c->p->block_size >= 1024;
+    int dev = 0, sms = 0;
+    a->kbm_ws_ctas = 0;
+    if (use_ws && cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
+        a->kbm_ws_ctas = sms;
+    cudaGetLastError();
+    e = getenv("MOBA_CUDA_KBM_OWN");
+    a->kbm_own = a->kbm_ws_ctas > 0 && !(e && *e == '0');
 }
 
 static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
@@ -471,7 +567,8 @@ size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off) 
     if (cap < 1) cap = 1;
     plan->kcap = cap;
     plan->kng = (int64_t)p->num_kv_heads * L->total_full_blocks;
-    plan->ktile_cap = cap / KBM_ROWS + (plan->kng < cap ? plan->kng : cap) + 1;
+    /* history tiles, plus one own-block tile per unit (warp-specialised kernel) */
+    plan->ktile_cap = cap / KBM_ROWS + (plan->kng < cap ? plan->kng : cap) + 1 + p->num_q_heads * plan->num_ftiles;
 
     plan->kflags = off;
     off = align256(off + sizeof(int32_t) * (size_t)(p->num_q_heads * plan->num_ftiles));
@@ -502,11 +599,11 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
     const size_t hist_bytes = a.tfb <= KBM_HIST_MAX ? sizeof(int) * (size_t)a.tfb : 0;
     kbm_count_kernel<<<hist_ctas, 256, hist_bytes, stream>>>(a, units);
     MOBA_CUDA_LAUNCHED();
-    kbm_scan_kernel<<<1, KBM_SCAN_THREADS, 0, stream>>>(a);
+    kbm_scan_kernel<<<1, KBM_SCAN_THREADS, 0, stream>>>(a, units);
     MOBA_CUDA_LAUNCHED();
     kbm_scatter_kernel<<<hist_ctas, 256, hist_bytes, stream>>>(a, units);
     MOBA_CUDA_LAUNCHED();
-    int64_t bound = pairs / KBM_ROWS + (a.ng < pairs ? a.ng : pairs) + 1;
+    int64_t bound = pairs / KBM_ROWS + (a.ng < pairs ? a.ng : pairs) + 1 + (a.own ? units : 0);
     if (bound > plan->ktile_cap) bound = plan->ktile_cap;
     if (a.ws_ctas > 0) {
         const size_t smem = 1024 + (size_t)(4 * 64 + 2 * KBM_WS_STAGES * SM90_BN) * D * 2 + 8 * (2 * KBM_WS_STAGES + 2);
@@ -539,7 +636,7 @@ static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmAr
             end = e;
             u1++;
         }
-        if (end > s0) {
+        if (end > s0 || a.own) { /* with a.own, a pass without pairs still has the own blocks */
             a.u0 = u0;
             a.s0 = s0;
             moba_status st = kbm_pass<T, D>(c, plan, a, u1 - u0, end - s0);
@@ -587,16 +684,9 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     a.k1 = c->slots - 1;
     a.num_seqs = p->num_seqs;
     a.scale_log2 = f.scale_log2;
-    if (a.ng == 0 || a.ptot == 0) return MOBA_OK; /* no history anywhere */
-    /* The warp-specialised kernel for block sizes >= 1024 (7-8% faster at B = 4096, the same at B = 512
-     * and 128: docs/cuda.md); MOBA_CUDA_KBM_WS=1 / 0 forces it on / off (tests run both). */
-    const char *e = getenv("MOBA_CUDA_KBM_WS");
-    const int use_ws = e && *e ? *e == '1' : p->block_size >= 1024;
-    int dev = 0, sms = 0;
-    if (use_ws && cudaGetDevice(&dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
-        a.ws_ctas = sms;
-    cudaGetLastError();
+    a.ws_ctas = f.kbm_ws_ctas;
+    a.own = f.kbm_own;
+    if (!a.own && (a.ng == 0 || a.ptot == 0)) return MOBA_OK; /* no history anywhere */
     if (p->dtype == MOBA_DTYPE_BF16)
         return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs)
                                  : kbm_run<__nv_bfloat16, 128>(c, plan, a, fpairs);

@@ -44,7 +44,10 @@ __global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdAr
                             (int64_t)a.Hq * D, rows - w * ROWS, tid);
     moba_cp_async_commit();
     build_union(a, tile, h, bitmap, tid, SM90_THREADS);
-    if (a.kbm_flags) kbm_decide(a, tile, blockIdx.x, h, bitmap, tid, SM90_THREADS);
+    if (a.kbm_flags && kbm_decide(a, tile, blockIdx.x, h, bitmap, tid, SM90_THREADS) && a.kbm_own) {
+        moba_cp_async_wait<0>(); /* nothing left here: the own block goes key-block-major as well */
+        return;
+    }
 
     /* this lane's rows: warp*16 + g (r = 0) and + 8 (r = 1); its warpgroup's last row */
     const int row0 = warp * 16 + g; /* warps 4..7 (second warpgroup) hold rows 64..127 */
