@@ -275,7 +275,7 @@ __global__ void __launch_bounds__(BWD_THREADS) dq_kernel(BwdArgs a) {
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, kp = kp0 + nt * 8 + 2 * c + (e & 1);
                     const bool keep = take[r] && (!diag || kp <= qpos0 + warp * 16 + g + 8 * r);
-                    const float pr = keep ? exp2f(fmaf(s[nt][e], f.scale_log2, -lse2[r])) : 0.0f;
+                    const float pr = keep ? moba_exp2(fmaf(s[nt][e], f.scale_log2, -lse2[r])) : 0.0f;
                     s[nt][e] = pr * (dp[nt][e] - dlt[r]); /* dS */
                 }
             uint32_t ds[BN / 16][4];
@@ -390,7 +390,7 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
                 for (int e = 0; e < 4; e++) {
                     const int m = nt * 8 + 2 * c + (e & 1), kp = kpos0 + warp * 16 + g + 8 * (e >> 1);
                     const int qp = pos_s[m];
-                    const float p = qp >= kp ? exp2f(fmaf(s[nt][e], f.scale_log2, -lse_s[m] * 1.4426950408889634f)) : 0.0f;
+                    const float p = qp >= kp ? moba_exp2(fmaf(s[nt][e], f.scale_log2, -lse_s[m] * 1.4426950408889634f)) : 0.0f;
                     pr[nt][e] = p;
                     s[nt][e] = p * (dp[nt][e] - dlt_s[m]); /* dS^T */
                 }

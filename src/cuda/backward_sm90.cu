@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(128 * KW, 2 / KW) dkdv_sm90_kernel(BwdArgs a) 
             for (int e = 0; e < 4; e++) {
                 const int m = nt * 8 + 2 * c + (e & 1), kl = warp * 16 + g + 8 * (e >> 1);
                 const bool keep = pos_s[m] >= kpos0 + kl && kl < nkeys;
-                const float p = keep ? exp2f(fmaf(s[nt][e], f.scale_log2, -lse_s[m] * 1.4426950408889634f)) : 0.0f;
+                const float p = keep ? moba_exp2(fmaf(s[nt][e], f.scale_log2, -lse_s[m] * 1.4426950408889634f)) : 0.0f;
                 pr[nt][e] = p;
                 s[nt][e] = p * (dp[nt][e] - dlt_s[m]); /* dS^T */
             }

@@ -160,6 +160,14 @@ __device__ __forceinline__ void moba_ldmatrix_x4_trans(uint32_t *r, const void *
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(moba_smem_addr(p)));
 }
+/* 2^x on the special-function unit alone (ex2.approx.ftz: about 2 ulp, subnormal results flushed to 0).
+ * exp2f adds a range check and two multiplies per call, which were a fifth of the attention kernels'
+ * instructions per chunk; softmax weights below 2^-126 are 0 in any case. */
+__device__ __forceinline__ float moba_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
 /* 16-byte global -> shared copy; valid == 0 writes zeros instead (nothing is read). */
 __device__ __forceinline__ void moba_cp_async16(void *dst, const void *src, bool valid) {
     int n = valid ? 16 : 0;

@@ -180,8 +180,12 @@ __device__ __forceinline__ void softmax_update(float (&s)[NT][4], float (&m)[2],
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
         float mnew = fmaxf(m[r], mx[r]);
+        /* The running max only moves when the chunk's exceeds it by more than 2^8 in the exponent
+         * (FlashAttention 4's lazy rescale): weights are then <= 256, which fp32 sums and bf16/f16 P hold
+         * exactly as well, o = acc / l is the same, and O is rarely rescaled after the first chunk. */
+        if (m[r] != -INFINITY && (mnew - m[r]) * sl2 <= 8.0f) mnew = m[r];
         /* rows with nothing yet keep m = -inf: subtract 0 then, so exp2 gives 0, not NaN */
-        alpha[r] = mnew == -INFINITY ? 1.0f : exp2f((m[r] - mnew) * sl2);
+        alpha[r] = mnew == -INFINITY ? 1.0f : moba_exp2((m[r] - mnew) * sl2);
         m[r] = mnew;
         base[r] = mnew == -INFINITY ? 0.0f : mnew * sl2;
     }
@@ -190,7 +194,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[NT][4], float (&m)[2],
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            s[nt][e] = exp2f(fmaf(s[nt][e], sl2, -base[e >> 1]));
+            s[nt][e] = moba_exp2(fmaf(s[nt][e], sl2, -base[e >> 1]));
             sum[e >> 1] += s[nt][e];
         }
     l[0] = l[0] * alpha[0] + sum[0];
