@@ -53,6 +53,7 @@ struct KbmArgs {
     int Hq, Hkv, group, B, stride, k1, num_seqs;
     int ws_ctas;                /* persistent CTAs of the warp-specialised kernel (SMs); 0: the plain one */
     int own;                    /* handed-off tiles' own blocks are items of the warp-specialised kernel */
+    int pingpong;               /* its two consumer warpgroups take turns to issue their products */
     float scale_log2;
 };
 
@@ -304,7 +305,7 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
  * chunk and only waits out / releases the stages after it. */
 #define KBM_WS_STAGES 5
 #define KBM_WS_THREADS 384
-template <typename T, int D>
+template <typename T, int D, bool PP>
 __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArgs a) {
 #ifdef MOBA_WGMMA
     constexpr int BN = SM90_BN, ROWS = 64, NS = KBM_WS_STAGES, LAG = 2;
@@ -316,7 +317,9 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
     const int ntiles = *a.ntiles;
     const int mine = ntiles > (int)blockIdx.x ? (ntiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x : 0;
     if (mine == 0) return;
-    const int tid = threadIdx.x, wg = tid / 128;
+    /* the warpgroup index through a shuffle: the compiler then knows it is warp-uniform and keeps what is
+     * derived from it (stage indices, descriptors) in uniform registers */
+    const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid / 128, 0);
     if (tid == 0) {
         for (int i = 0; i < NS; i++) {
             mbar_init(&full[i], 128);
@@ -330,23 +333,31 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
     auto tile_of = [&](int n) { return a.tiles[blockIdx.x + n * gridDim.x]; };
     /* chunks of a tile: the whole block, or the own block's keys up to the tile's last row */
     auto chunks_of = [&](const int4 &t) { return t.x >= 0 ? a.B / BN : (t.z + t.w - t.y + BN - 1) / BN; };
+    /* a position in the ring: stage and the parity of its current use (no divisions in the loops) */
+    struct Ring {
+        int st, ph;
+        __device__ __forceinline__ void next() {
+            if (++st == NS) st = 0, ph ^= 1;
+        }
+    };
 
     if (wg == 0) { /* producer */
         const int ptid = tid;
         const T *qg = reinterpret_cast<const T *>(a.q), *kg = reinterpret_cast<const T *>(a.k),
                 *vg = reinterpret_cast<const T *>(a.v);
         const int64_t kv_stride = (int64_t)a.Hkv * D;
-        auto signal = [&](int s) { /* this thread's copies of item s have landed */
+        Ring put = {0, 0}, done = {0, 0}; /* the stage being filled; the next one to signal */
+        auto signal = [&]() { /* this thread's copies of the oldest unsignalled item have landed */
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-            mbar_arrive(&full[s % NS]);
+            mbar_arrive(&full[done.st]);
+            done.next();
         };
         int s = 0;
         for (int n = 0; n < mine; n++) {
             const int4 tile = tile_of(n);
             const int nch = chunks_of(tile), h = -1 - tile.x, hk = tile.x >= 0 ? tile.x : h / a.group;
-            for (int ci = 0; ci < nch; ci++, s++) {
-                const int st = s % NS;
-                if (s >= NS) mbar_wait(&empty[st], (s / NS - 1) & 1);
+            for (int ci = 0; ci < nch; ci++, s++, put.next()) {
+                if (s >= NS) mbar_wait(&empty[put.st], put.ph ^ 1);
                 if (ci == 0) {
                     if (n >= 2) mbar_wait(&qempty[n % 2], (n / 2 - 1) & 1);
                     for (int w = 0; w < 2; w++) {
@@ -360,26 +371,40 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
                 }
                 const int key = tile.y + ci * BN, valid = tile.x >= 0 ? BN : min(BN, tile.z + tile.w - key);
                 const int64_t off = ((int64_t)key * a.Hkv + hk) * D;
-                load_sw128<D, BN, T, 128>(sK + st * KV_BYTES, kg + off, kv_stride, valid, ptid);
-                load_sw128<D, BN, T, 128>(sV + st * KV_BYTES, vg + off, kv_stride, valid, ptid);
+                load_sw128<D, BN, T, 128>(sK + put.st * KV_BYTES, kg + off, kv_stride, valid, ptid);
+                load_sw128<D, BN, T, 128>(sV + put.st * KV_BYTES, vg + off, kv_stride, valid, ptid);
                 moba_cp_async_commit();
                 if (s >= LAG) {
                     moba_cp_async_wait<LAG>();
-                    signal(s - LAG);
+                    signal();
                 }
             }
         }
         moba_cp_async_wait<0>();
-        for (int x = s - LAG > 0 ? s - LAG : 0; x < s; x++) signal(x);
+        for (int x = s - LAG > 0 ? s - LAG : 0; x < s; x++) signal();
         return;
     }
 
-    /* consumers: warpgroup cw takes rows cw*64 .. of each tile */
+    /* consumers: warpgroup cw takes rows cw*64 .. of each tile. With PP the two take turns to issue
+     * their products (FA3's ping-pong): named barrier 1 + cw is "cw's turn"; a warpgroup syncs on its
+     * own, issues, and arrives on the other's, so one's softmax runs while the other's GEMMs do. Each
+     * takes exactly chunks + 1 turns per tile (empty ones where it skips), so the two stay paired. */
     const int cw = wg - 1, ltid = tid % 128, warp = ltid / 32, lane = ltid % 32, g = lane / 4, c = lane % 4;
     const int row0 = cw * 64 + warp * 16 + g;
+    auto turn_begin = [&]() {
+        if (PP) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + cw) : "memory");
+    };
+    auto turn_end = [&]() {
+        if (PP) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - cw) : "memory");
+    };
+    if (PP && cw == 1) asm volatile("bar.arrive 1, 256;\n" ::: "memory"); /* warpgroup 0 goes first */
+    /* descriptors of stage 0's K and V and of this warpgroup's two Q buffers; stage st is st * KV_BYTES on */
+    const uint64_t k_desc0 = sw128_desc(sK, 16, 1024), v_desc0 = sw128_desc(sV, BN * 128, 1024);
+    const uint64_t q_desc0 = sw128_desc(sQ + cw * Q_BYTES, 16, 1024);
+    constexpr uint32_t KV16 = KV_BYTES >> 4, Q16 = 2 * Q_BYTES >> 4;
     float m[2], l[2], alpha[2], acc[D / 8][4];
     uint32_t pa[BN / 16][4];
-    int s0 = 0;
+    Ring r = {0, 0};
     for (int n = 0; n < mine; n++) {
         const int4 tile = tile_of(n);
         const bool own = tile.x < 0;
@@ -388,50 +413,64 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
          * row at wpos; chunks past its last row are skipped, those reaching past its first are masked */
         const int wpos = tile.z - tile.y + cw * ROWS, qpos = tile.z - tile.y + row0;
         const int last = !own ? nch - 1 : cw * ROWS < tile.w ? min(nch - 1, (wpos + ROWS - 1) / BN) : -1;
-        const char *q_s = sQ + (n % 2 * 2 + cw) * Q_BYTES;
+        const uint64_t q_desc = desc_add(q_desc0, (n % 2) * Q16);
         attn_state_init(m, l, acc);
         if (last >= 0) {
-            mbar_wait(&full[s0 % NS], (s0 / NS) & 1);
+            mbar_wait(&full[r.st], r.ph);
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
             {
                 float sc[BN / 8][4];
-                sm90_issue_s<T, D, BN, ROWS>(q_s, sK + s0 % NS * KV_BYTES, sc);
+                turn_begin();
+                sm90_issue_s_desc<T, D, BN, ROWS>(q_desc, desc_add(k_desc0, r.st * KV16), sc);
+                turn_end();
                 wg_wait<0>();
                 fence_regs<BN / 2>(&sc[0][0]);
                 softmax_update(sc, m, l, alpha, true, true, own && BN - 1 > wpos, 2 * c, qpos, a.scale_log2);
                 pack_p<T>(sc, pa);
             }
-            for (int s = s0 + 1; s <= s0 + last; s++) {
-                mbar_wait(&full[s % NS], (s / NS) & 1);
+            int prev = r.st; /* the stage whose P V is still to be issued */
+            r.next();
+            for (int k = 1; k <= last; k++) {
+                mbar_wait(&full[r.st], r.ph);
                 asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
                 float sc[BN / 8][4];
-                sm90_issue_s<T, D, BN, ROWS>(q_s, sK + s % NS * KV_BYTES, sc);
                 rescale_acc(acc, alpha);
-                sm90_issue_pv<T, D, BN>(sV + (s - 1) % NS * KV_BYTES, acc, pa); /* runs under the softmax */
+                turn_begin();
+                sm90_issue_s_desc<T, D, BN, ROWS>(q_desc, desc_add(k_desc0, r.st * KV16), sc);
+                sm90_issue_pv_desc<T, D, BN>(desc_add(v_desc0, prev * KV16), acc, pa); /* runs under the softmax */
+                turn_end();
                 wg_wait<1>();
                 fence_regs<BN / 2>(&sc[0][0]);
-                const int kcol = (s - s0) * BN;
+                const int kcol = k * BN;
                 softmax_update(sc, m, l, alpha, true, true, own && kcol + BN - 1 > wpos, kcol + 2 * c, qpos,
                                a.scale_log2);
                 wg_wait<0>();
                 fence_regs<D / 2>(&acc[0][0]);
                 pack_p<T>(sc, pa);
-                mbar_arrive(&empty[(s - 1) % NS]); /* item s-1: S and P V done */
+                mbar_arrive(&empty[prev]); /* S and P V of that stage done */
+                prev = r.st;
+                r.next();
             }
             mbar_arrive(&qempty[n % 2]); /* every S of the tile is done */
             rescale_acc(acc, alpha);
-            sm90_issue_pv<T, D, BN>(sV + (s0 + last) % NS * KV_BYTES, acc, pa);
+            turn_begin();
+            sm90_issue_pv_desc<T, D, BN>(desc_add(v_desc0, prev * KV16), acc, pa);
+            turn_end();
             wg_wait<0>();
             fence_regs<D / 2>(&acc[0][0]);
-            mbar_arrive(&empty[(s0 + last) % NS]);
+            mbar_arrive(&empty[prev]);
         } else {
             mbar_arrive(&qempty[n % 2]);
+            turn_begin(); /* the turn of the last P V */
+            turn_end();
         }
         /* stages this warpgroup does not need: wait until they are full (so that an arrival cannot count
          * towards the stage's next use), then release them */
-        for (int s = s0 + last + 1; s < s0 + nch; s++) {
-            mbar_wait(&full[s % NS], (s / NS) & 1);
-            mbar_arrive(&empty[s % NS]);
+        for (int k = last + 1; k < nch; k++, r.next()) {
+            mbar_wait(&full[r.st], r.ph);
+            turn_begin();
+            turn_end();
+            mbar_arrive(&empty[r.st]);
         }
         if (own) {
             const int h = -1 - tile.x;
@@ -445,8 +484,8 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
         } else {
             store_partials<T, D>(a, a.plist + tile.z, row0, tile.w, acc, m, l, c);
         }
-        s0 += nch;
     }
+    if (PP && cw == 0) asm volatile("bar.sync 1, 256;\n" ::: "memory"); /* warpgroup 1's last arrival */
 #else
     __trap(); /* built for another target: the host never launches it there */
 #endif
@@ -607,10 +646,16 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
     if (bound > plan->ktile_cap) bound = plan->ktile_cap;
     if (a.ws_ctas > 0) {
         const size_t smem = 1024 + (size_t)(4 * 64 + 2 * KBM_WS_STAGES * SM90_BN) * D * 2 + 8 * (2 * KBM_WS_STAGES + 2);
-        MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_attend_ws_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)smem));
         const int64_t ctas = bound < a.ws_ctas ? bound : a.ws_ctas;
-        kbm_attend_ws_kernel<T, D><<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a);
+        if (a.pingpong) {
+            MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_attend_ws_kernel<T, D, true>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            kbm_attend_ws_kernel<T, D, true><<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a);
+        } else {
+            MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_attend_ws_kernel<T, D, false>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            kbm_attend_ws_kernel<T, D, false><<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a);
+        }
     } else {
         const size_t smem = 1024 + (size_t)(64 * SM90_WGS + 4 * SM90_BN) * D * 2;
         MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_attend_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -686,6 +731,8 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     a.scale_log2 = f.scale_log2;
     a.ws_ctas = f.kbm_ws_ctas;
     a.own = f.kbm_own;
+    const char *e = getenv("MOBA_CUDA_KBM_PP"); /* ping-pong consumers: 0 / 1 forces off / on */
+    a.pingpong = e && *e ? *e == '1' : 1;
     if (!a.own && (a.ng == 0 || a.ptot == 0)) return MOBA_OK; /* no history anywhere */
     if (p->dtype == MOBA_DTYPE_BF16)
         return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs)

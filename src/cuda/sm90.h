@@ -46,6 +46,11 @@ __device__ __forceinline__ uint64_t sw128_desc(const char *p, uint32_t lbo, uint
            (1ull << 62);
 }
 
+/* A descriptor moved by off16 * 16 bytes: only the low word changes (no carry, see sm90_issue_s_desc). */
+__device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t off16) {
+    return (d & 0xffffffff00000000ull) | (uint32_t)((uint32_t)d + off16);
+}
+
 #ifdef MOBA_WGMMA
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit_wait() {
@@ -77,37 +82,48 @@ template <int N> __device__ __forceinline__ void wg_wait() {
 #endif
 
 /* Issues (does not wait for) S = Q K^T for a warpgroup's 64 rows: D/16 k-steps of m64nBNk16, k-step kk
- * 32 bytes into panel kk / 4 of the swizzled tiles q_s [64 x D] and k_s [BN x D]. One wgmma group. */
+ * 32 bytes into panel kk / 4 of the swizzled tiles q_s [64 x D] and k_s [BN x D]. One wgmma group.
+ * The _desc form takes the tiles' descriptors (sw128_desc(tile, 16, 1024)): an offset into a tile is
+ * added to the descriptor's address field (bytes / 16; a shared address fits its 14 bits, so nothing
+ * carries out), which loops that reuse one base keep to an add per product instead of a conversion. */
 template <typename T, int D, int BN, int ROWS>
-__device__ __forceinline__ void sm90_issue_s(const char *q_s, const char *k_s, float (&s)[BN / 8][4]) {
+__device__ __forceinline__ void sm90_issue_s_desc(uint64_t q_desc, uint64_t k_desc, float (&s)[BN / 8][4]) {
 #ifdef MOBA_WGMMA
     fence_regs<BN / 2>(&s[0][0]);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-        uint64_t dq = sw128_desc(q_s + (kk / 4) * (ROWS * 128) + (kk % 4) * 32, 16, 1024);
-        uint64_t dk = sw128_desc(k_s + (kk / 4) * (BN * 128) + (kk % 4) * 32, 16, 1024);
-        wg<T>::ss64(&s[0][0], dq, dk, kk > 0);
-    }
+    for (int kk = 0; kk < D / 16; kk++)
+        wg<T>::ss64(&s[0][0], desc_add(q_desc, ((kk / 4) * (ROWS * 128) + (kk % 4) * 32) >> 4),
+                    desc_add(k_desc, ((kk / 4) * (BN * 128) + (kk % 4) * 32) >> 4), kk > 0);
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
+template <typename T, int D, int BN, int ROWS>
+__device__ __forceinline__ void sm90_issue_s(const char *q_s, const char *k_s, float (&s)[BN / 8][4]) {
+    sm90_issue_s_desc<T, D, BN, ROWS>(sw128_desc(q_s, 16, 1024), sw128_desc(k_s, 16, 1024), s);
+}
 
 /* Issues O += P V: BN/16 k-steps, P from registers; k-step kk = keys 16kk.. = 2048 bytes into v_s; V's
- * panels of 64 columns are BN * 128 bytes apart (leading offset), 8-key groups 1024 (stride). */
+ * panels of 64 columns are BN * 128 bytes apart (leading offset), 8-key groups 1024 (stride).
+ * v_desc = sw128_desc(v_s, BN * 128, 1024). */
 template <typename T, int D, int BN>
-__device__ __forceinline__ void sm90_issue_pv(const char *v_s, float (&acc)[D / 8][4], const uint32_t (&pa)[BN / 16][4]) {
+__device__ __forceinline__ void sm90_issue_pv_desc(uint64_t v_desc, float (&acc)[D / 8][4],
+                                                   const uint32_t (&pa)[BN / 16][4]) {
 #ifdef MOBA_WGMMA
     fence_regs<D / 2>(&acc[0][0]);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
-        uint64_t dv = sw128_desc(v_s + kk * 2048, BN * 128, 1024);
+        const uint64_t dv = desc_add(v_desc, (kk * 2048) >> 4);
         if (D == 128) wg<T>::rs128(&acc[0][0], pa[kk], dv);
         else wg<T>::rs64(&acc[0][0], pa[kk], dv);
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
+}
+template <typename T, int D, int BN>
+__device__ __forceinline__ void sm90_issue_pv(const char *v_s, float (&acc)[D / 8][4], const uint32_t (&pa)[BN / 16][4]) {
+    sm90_issue_pv_desc<T, D, BN>(sw128_desc(v_s, BN * 128, 1024), acc, pa);
 }
 
 /* One K/V chunk of the FlashAttention update for a warpgroup's 64 rows, each product waited for:
