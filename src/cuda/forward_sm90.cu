@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdAr
 
     const moba_tile tile = a.dl.ftiles[blockIdx.x];
     const int h = blockIdx.y, hk = h / a.group, tid = threadIdx.x;
-    const int wgi = tid / 128, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    const int wgi = __shfl_sync(0xffffffffu, tid / 128, 0), warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
     const int j = tile.block;
     const int64_t seq0 = a.dl.cu_seqlens[tile.seq];
     const int len = (int)(a.dl.cu_seqlens[tile.seq + 1] - seq0);
@@ -73,6 +73,9 @@ __global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdAr
     walk.next();
     load_item(0);
     const int wg_last = qpos0 + min(wgi * ROWS + ROWS, rows) - 1; /* position of the warpgroup's last row */
+    /* wgmma descriptors of the Q tile and of stage 0's K and V, moved per product (sm90.h: desc_add) */
+    const uint64_t q_desc = sw128_desc(sQ + wgi * Q_BYTES, 16, 1024), k_desc0 = sw128_desc(sK, 16, 1024),
+                   v_desc0 = sw128_desc(sV, BN * 128, 1024);
     for (int it = 0;; it++) {
         const int cb = walk.b, kp0 = walk.key0(), stage = it & 1;
         const bool more = prefetch_next(walk, load_item, stage);
@@ -97,15 +100,13 @@ __global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdAr
         /* sm90_attend_chunk (sm90.h) written out: as a call, inlined all the same, this kernel spills
          * twice as much (88 vs 44 bytes at d = 128, nvcc 13.0), and this is its inner loop.
          * S = Q K^T: D/16 k-steps; k-step kk is 32 bytes into panel kk / 4 */
-        const char *k_s = sK + stage * KV_BYTES, *v_s = sV + stage * KV_BYTES, *q_s = sQ + wgi * Q_BYTES;
+        const uint64_t k_desc = desc_add(k_desc0, stage * (KV_BYTES >> 4));
         float s[BN / 8][4];
         wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            uint64_t dq = sw128_desc(q_s + (kk / 4) * (ROWS * 128) + (kk % 4) * 32, 16, 1024);
-            uint64_t dk = sw128_desc(k_s + (kk / 4) * (BN * 128) + (kk % 4) * 32, 16, 1024);
-            wg<T>::ss64(&s[0][0], dq, dk, kk > 0);
-        }
+        for (int kk = 0; kk < D / 16; kk++)
+            wg<T>::ss64(&s[0][0], desc_add(q_desc, ((kk / 4) * (ROWS * 128) + (kk % 4) * 32) >> 4),
+                        desc_add(k_desc, ((kk / 4) * (BN * 128) + (kk % 4) * 32) >> 4), kk > 0);
         wg_commit_wait();
         fence_regs<BN / 2>(&s[0][0]);
 
@@ -119,7 +120,7 @@ __global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdAr
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
-            uint64_t dv = sw128_desc(v_s + kk * 2048, BN * 128, 1024);
+            const uint64_t dv = desc_add(v_desc0, (stage * KV_BYTES + kk * 2048) >> 4);
             if (D == 128) wg<T>::rs128(&acc[0][0], pa[kk], dv);
             else wg<T>::rs64(&acc[0][0], pa[kk], dv);
         }
