@@ -151,9 +151,9 @@ __device__ __forceinline__ bool prefetch_next(ChunkWalk &walk, Load &&load_item,
 
 /* One chunk of the FlashAttention update for this lane's two rows (r = 0: row g, r = 1: row g + 8)
  * of a 16-row fragment: s [NT][4] holds raw scores <q, k> in the mma accumulator layout (column
- * kcol0 + nt*8 + (e & 1), row r = e >> 1) and leaves with P = exp2(s*sl2 - m*sl2); m (raw max) and
- * l (this lane's partial row sums) are updated, and alpha is the factor the output accumulators
- * must be scaled by (rescale_acc) before P V is added. take_r: the row selected the chunk's block;
+ * kcol0 + nt*8 + (e & 1), row r = e >> 1) and leaves with P = exp2(s*sl2 - m*sl2); m (the running raw
+ * max, moved lazily: see below) and l (this lane's partial row sums) are updated, and alpha is the
+ * factor the output accumulators must be scaled by (rescale_acc) before P V is added. take_r: the row selected the chunk's block;
  * diag: it is the rows' own block, so keys after the query (qpos0 + 8r) are masked. */
 template <int NT>
 __device__ __forceinline__ void softmax_update(float (&s)[NT][4], float (&m)[2], float (&l)[2], float (&alpha)[2],
