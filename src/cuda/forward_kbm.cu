@@ -292,7 +292,7 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
 
 /* Warp-specialised version (the default for B >= 1024; MOBA_CUDA_KBM_WS=1/0 forces it on/off). A persistent CTA of three
  * warpgroups per SM walks its tiles' chunks as one stream of items: warpgroup 0 only loads (K/V into a KBM_WS_STAGES ring, a
- * tile's Q with its first chunk, two Q buffers), waits for its own copies two items behind,
+ * tile's Q with its first chunk, two Q buffers), waits for its own copies one item behind,
  * fences them to the async proxy and arrives on the stage's "full" mbarrier; warpgroups 1 and 2 take 64
  * rows each and, per item, wait "full", rescale O, issue S(s) and O += P(s-1) V(s-1), wait for S(s)
  * only, run the softmax while P V runs (FA3's order; the first item of a tile peeled so that no wgmma
@@ -308,7 +308,11 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
 template <typename T, int D, bool PP>
 __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArgs a) {
 #ifdef MOBA_WGMMA
-    constexpr int BN = SM90_BN, ROWS = 64, NS = KBM_WS_STAGES, LAG = 2;
+    /* LAG: the producer signals an item once the copies of the next one are issued. Not 2: with a
+     * one-chunk tile n+1, signalling tile n's last chunk would wait for the first chunk of tile n+2,
+     * whose Q buffer frees only when tile n's last S is done - a hang (tests: the large-block cases
+     * in multi-tile passes). With 1, that chunk is tile n+1's, whose Q buffer tile n-1 freed. */
+    constexpr int BN = SM90_BN, ROWS = 64, NS = KBM_WS_STAGES, LAG = 1;
     constexpr int Q_BYTES = ROWS * D * 2, KV_BYTES = BN * D * 2;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);

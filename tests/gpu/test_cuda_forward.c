@@ -148,6 +148,12 @@ int main(void) {
     static const int topks[] = {1, 2, 7, 1000, 40}; /* 40: candidate lists in shared memory */
     for (int i = 0; i < 5; i++)
         run_case(i % 2 ? MOBA_DTYPE_F16 : MOBA_DTYPE_BF16, 128, var, 6, 4, 2, i == 4 ? 16 : 64, topks[i], seed++);
+    /* large blocks: 4, 6 and 16 chunks of 64 keys per block, own-block tiles of several chunks (the
+     * warp-specialised kernel takes B >= 1024 by default, the others with MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1) */
+    static const int big[] = {1500, 700, 2100}, one_long[] = {3000};
+    run_case(MOBA_DTYPE_BF16, 128, big, 3, 4, 2, 256, 3, seed++);
+    run_case(MOBA_DTYPE_F16, 64, big, 3, 2, 2, 384, 4, seed++);
+    run_case(MOBA_DTYPE_BF16, 128, one_long, 1, 2, 1, 1024, 2, seed++);
     /* a longer sequence: many blocks, several chunks of centroids per row */
     if (!quick) {
         static const int longer[] = {5000};
