@@ -18,42 +18,32 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_forward import (D, OP_BACKWARD, OP_FORWARD, TARGETS, check, load_lib, make_inputs,  # noqa: E402
-                           make_params, time_ms)
+from bench_forward import (D, OP_BACKWARD, TARGETS, ForwardCase, check, load_lib,  # noqa: E402
+                           sdpa_layout, time_ms, workspace_bytes)
 
 TARGETS_FB = [t[:4] + (f,) for t, f in zip(TARGETS, (6.0, 8.0, 1.4, 6.0))]  # the backward issue's targets
 
 
 def run_case(lib, n, h, block, topk, target, kind, quick, deterministic=False):
-    gen = torch.Generator(device="cuda").manual_seed(n + h + block + topk)
-    q, k, v = make_inputs(n, h, kind, gen)
-    do = torch.randn(n, h, D, device="cuda", dtype=torch.bfloat16, generator=gen)
-    o = torch.empty_like(q)
+    fc = ForwardCase(lib, n, h, block, topk, kind)
+    q, k, v, o, lse, p, fwd = fc.q, fc.k, fc.v, fc.o, fc.lse, fc.p, fc.forward
+    do = torch.randn(n, h, D, device="cuda", dtype=torch.bfloat16, generator=fc.gen)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
-    p, cu = make_params(lib, n, h, block, topk)
     p.deterministic = 1 if deterministic else 0
-    fb, bb = ctypes.c_size_t(), ctypes.c_size_t()
-    check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_FORWARD, ctypes.byref(fb)), "workspace")
-    check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_BACKWARD, ctypes.byref(bb)), "workspace")
-    fws = torch.empty(max(fb.value, 1), device="cuda", dtype=torch.uint8)
-    bws = torch.empty(max(bb.value, 1), device="cuda", dtype=torch.uint8)
-
-    def fwd():
-        check(lib, lib.moba_forward(ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                                    lse.data_ptr(), fws.data_ptr(), fb.value), "moba_forward")
+    bb = workspace_bytes(lib, p, OP_BACKWARD)
+    bws = torch.empty(max(bb, 1), device="cuda", dtype=torch.uint8)
 
     def bwd():
         check(lib, lib.moba_backward(ctypes.byref(p), do.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                      o.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                                     bws.data_ptr(), bb.value), "moba_backward")
+                                     bws.data_ptr(), bb), "moba_backward")
 
     def moba():
         fwd()
         bwd()
 
-    qd, kd, vd = (x.permute(1, 0, 2).unsqueeze(0).contiguous().requires_grad_() for x in (q, k, v))
-    dod = do.permute(1, 0, 2).unsqueeze(0).contiguous()
+    qd, kd, vd = (sdpa_layout(x).requires_grad_() for x in (q, k, v))
+    dod = sdpa_layout(do)
 
     def dense():
         out = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)
@@ -72,7 +62,7 @@ def run_case(lib, n, h, block, topk, target, kind, quick, deterministic=False):
     err = ((dq[:first].float() - dqd).norm() / dqd.norm()).item()
     base = (5 * q.numel()) * 2 + lse.numel() * 4
     return dict(n=n, h=h, B=block, k=topk, kind=kind, t_dense=t_dense, t_moba=t_moba, t_bwd=t_bwd,
-                speedup=t_dense / t_moba, target=target, mem=bb.value / base, err=err)
+                speedup=t_dense / t_moba, target=target, mem=bb / base, err=err)
 
 
 def main():

@@ -97,28 +97,50 @@ def make_params(lib, n, h, block, topk):
     return p, cu
 
 
+def workspace_bytes(lib, p, op):
+    size = ctypes.c_size_t()
+    check(lib, lib.moba_workspace_size(ctypes.byref(p), op, ctypes.byref(size)), "workspace")
+    return size.value
+
+
+def sdpa_layout(x):
+    """[tokens, heads, d] -> SDPA's [1, heads, tokens, d]."""
+    return x.permute(1, 0, 2).unsqueeze(0).contiguous()
+
+
+class ForwardCase:
+    """What every GPU bench script sets up for one case: inputs of the given kind from a generator seeded
+    by the shape (gen goes on from there, e.g. for do), o and lse, the params, the forward's workspace,
+    and forward(), one moba_forward call."""
+
+    def __init__(self, lib, n, h, block, topk, kind):
+        self.lib = lib
+        self.gen = torch.Generator(device="cuda").manual_seed(n + h + block + topk)
+        self.q, self.k, self.v = make_inputs(n, h, kind, self.gen)
+        self.o = torch.empty_like(self.q)
+        self.lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
+        self.p, self.cu = make_params(lib, n, h, block, topk)
+        self.ws_bytes = workspace_bytes(lib, self.p, OP_FORWARD)
+        self.ws = torch.empty(max(self.ws_bytes, 1), device="cuda", dtype=torch.uint8)
+
+    def forward(self):
+        check(self.lib, self.lib.moba_forward(ctypes.byref(self.p), self.q.data_ptr(), self.k.data_ptr(),
+                                              self.v.data_ptr(), self.o.data_ptr(), self.lse.data_ptr(),
+                                              self.ws.data_ptr(), self.ws_bytes), "moba_forward")
+
+
 def run_case(lib, n, h, block, topk, target, kind, quick):
-    gen = torch.Generator(device="cuda").manual_seed(n + h + block + topk)
-    q, k, v = make_inputs(n, h, kind, gen)
-    o = torch.empty_like(q)
-    lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
-    p, cu = make_params(lib, n, h, block, topk)
-    ws_bytes, rt_bytes = ctypes.c_size_t(), ctypes.c_size_t()
-    check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_FORWARD, ctypes.byref(ws_bytes)), "workspace")
-    check(lib, lib.moba_workspace_size(ctypes.byref(p), OP_ROUTE, ctypes.byref(rt_bytes)), "workspace")
-    ws = torch.empty(max(ws_bytes.value, 1), device="cuda", dtype=torch.uint8)
-    rws = torch.empty(max(rt_bytes.value, 1), device="cuda", dtype=torch.uint8)
+    fc = ForwardCase(lib, n, h, block, topk, kind)
+    q, o, lse, p, moba = fc.q, fc.o, fc.lse, fc.p, fc.forward
+    rt_bytes = workspace_bytes(lib, p, OP_ROUTE)
+    rws = torch.empty(max(rt_bytes, 1), device="cuda", dtype=torch.uint8)
     sel = torch.empty(h, n, topk, device="cuda", dtype=torch.int32)
 
-    def moba():
-        check(lib, lib.moba_forward(ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                                    lse.data_ptr(), ws.data_ptr(), ws_bytes.value), "moba_forward")
-
     def route():
-        check(lib, lib.moba_route(ctypes.byref(p), q.data_ptr(), k.data_ptr(), sel.data_ptr(), rws.data_ptr(),
-                                  rt_bytes.value), "moba_route")
+        check(lib, lib.moba_route(ctypes.byref(p), q.data_ptr(), fc.k.data_ptr(), sel.data_ptr(), rws.data_ptr(),
+                                  rt_bytes), "moba_route")
 
-    qd, kd, vd = (x.permute(1, 0, 2).unsqueeze(0).contiguous() for x in (q, k, v))
+    qd, kd, vd = (sdpa_layout(x) for x in (q, fc.k, fc.v))
 
     def dense():
         return F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)
@@ -156,7 +178,7 @@ def run_case(lib, n, h, block, topk, target, kind, quick):
     dense_mem = 4 * q.numel() * 2 + lse.numel() * 4
     return dict(n=n, h=h, B=block, k=topk, kind=kind, t_dense=t_dense, t_moba=t_moba, t_route=t_route,
                 speedup=t_dense / t_moba, target=target, tf_moba=useful / t_moba / 1e9,
-                tf_dense=dense_flops / t_dense / 1e9, ideal=dense_flops / useful, mem=ws_bytes.value / dense_mem,
+                tf_dense=dense_flops / t_dense / 1e9, ideal=dense_flops / useful, mem=fc.ws_bytes / dense_mem,
                 err=err, union=union, t_qtm=t_qtm, diff=diff)
 
 

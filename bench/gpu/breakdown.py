@@ -26,34 +26,22 @@ def main():
     args = ap.parse_args()
     lib = bf.load_lib(args.lib)
     n, h, block, topk, _ = bf.TARGETS[args.case]
-    gen = torch.Generator(device="cuda").manual_seed(n + h + block + topk)
-    q, k, v = bf.make_inputs(n, h, args.kind, gen)
-    o = torch.empty_like(q)
-    lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
-    p, cu = bf.make_params(lib, n, h, block, topk)
-    ws_bytes = ctypes.c_size_t()
-    bf.check(lib, lib.moba_workspace_size(ctypes.byref(p), bf.OP_FORWARD, ctypes.byref(ws_bytes)), "workspace")
-    ws = torch.empty(max(ws_bytes.value, 1), device="cuda", dtype=torch.uint8)
-
-    def fwd():
-        bf.check(lib, lib.moba_forward(ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                                       lse.data_ptr(), ws.data_ptr(), ws_bytes.value), "moba_forward")
+    fc = bf.ForwardCase(lib, n, h, block, topk, args.kind)
+    q, k, v, o, lse, p = fc.q, fc.k, fc.v, fc.o, fc.lse, fc.p
 
     if args.op == "forward":
-        moba, ws_shown = fwd, ws_bytes.value
+        moba, ws_shown = fc.forward, fc.ws_bytes
     else:  # profile the backward alone, on the forward's o and lse
-        fwd()
-        do = torch.randn(n, h, bf.D, device="cuda", dtype=torch.bfloat16, generator=gen)
+        fc.forward()
+        do = torch.randn(n, h, bf.D, device="cuda", dtype=torch.bfloat16, generator=fc.gen)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        bws_bytes = ctypes.c_size_t()
-        bf.check(lib, lib.moba_workspace_size(ctypes.byref(p), bf.OP_BACKWARD, ctypes.byref(bws_bytes)), "workspace")
-        bws = torch.empty(max(bws_bytes.value, 1), device="cuda", dtype=torch.uint8)
-        ws_shown = bws_bytes.value
+        ws_shown = bf.workspace_bytes(lib, p, bf.OP_BACKWARD)
+        bws = torch.empty(max(ws_shown, 1), device="cuda", dtype=torch.uint8)
 
         def moba():
             bf.check(lib, lib.moba_backward(ctypes.byref(p), do.data_ptr(), q.data_ptr(), k.data_ptr(),
                                             v.data_ptr(), o.data_ptr(), lse.data_ptr(), dq.data_ptr(),
-                                            dk.data_ptr(), dv.data_ptr(), bws.data_ptr(), bws_bytes.value),
+                                            dk.data_ptr(), dv.data_ptr(), bws.data_ptr(), ws_shown),
                      "moba_backward")
 
     moba()

@@ -5,7 +5,6 @@ call's GPU work, as in a training loop), the host time to enqueue one call, and 
 
     python3 bench/gpu/call_overhead.py --lib build/libmoba.so [--case 2] [--kind random] [--reps 10]"""
 import argparse
-import ctypes
 import statistics
 import time
 
@@ -48,20 +47,9 @@ def main():
     args = ap.parse_args()
     lib = bf.load_lib(args.lib)
     n, h, block, topk, _ = bf.TARGETS[args.case]
-    gen = torch.Generator(device="cuda").manual_seed(n + h + block + topk)
-    q, k, v = bf.make_inputs(n, h, args.kind, gen)
-    o = torch.empty_like(q)
-    lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
-    p, cu = bf.make_params(lib, n, h, block, topk)
-    ws_bytes = ctypes.c_size_t()
-    bf.check(lib, lib.moba_workspace_size(ctypes.byref(p), bf.OP_FORWARD, ctypes.byref(ws_bytes)), "workspace")
-    ws = torch.empty(max(ws_bytes.value, 1), device="cuda", dtype=torch.uint8)
-
-    def moba():
-        bf.check(lib, lib.moba_forward(ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                                       lse.data_ptr(), ws.data_ptr(), ws_bytes.value), "moba_forward")
-
-    qd, kd, vd = (x.permute(1, 0, 2).unsqueeze(0).contiguous() for x in (q, k, v))
+    fc = bf.ForwardCase(lib, n, h, block, topk, args.kind)
+    moba = fc.forward
+    qd, kd, vd = (bf.sdpa_layout(x) for x in (fc.q, fc.k, fc.v))
 
     def dense():
         return F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)
