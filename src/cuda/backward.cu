@@ -339,7 +339,7 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
     const int64_t seq0 = kt.seq0;
     const int len = kt.len, nkeys = kt.nkeys, kpos0 = kt.kpos0;
     const int hk = blockIdx.y, tid = threadIdx.x;
-    const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    const int warp = tid / 32, lane = tid % 32;
     const int64_t kv_off = (tile.row_begin * f.Hkv + hk) * D;
 
     moba_load_tile<D, BWD_TILE, BWD_THREADS>(sK, reinterpret_cast<const T *>(f.k) + kv_off, (int64_t)f.Hkv * D, nkeys,
@@ -384,28 +384,14 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_kernel(BwdArgs a) {
             mma_abt<T, RC, D>(s, [&](uint32_t *fr, int kk) { a_frag_smem<D>(fr, sK, warp * 16, kk, lane); }, q_s, lane);
             mma_abt<T, RC, D>(dp, [&](uint32_t *fr, int kk) { a_frag_smem<D>(fr, sV, warp * 16, kk, lane); }, o_s, lane);
             float pr[RC / 8][4];
-#pragma unroll
-            for (int nt = 0; nt < RC / 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int m = nt * 8 + 2 * c + (e & 1), kp = kpos0 + warp * 16 + g + 8 * (e >> 1);
-                    const int qp = pos_s[m];
-                    const float p = qp >= kp ? moba_exp2(fmaf(s[nt][e], f.scale_log2, -lse_s[m] * 1.4426950408889634f)) : 0.0f;
-                    pr[nt][e] = p;
-                    s[nt][e] = p * (dp[nt][e] - dlt_s[m]); /* dS^T */
-                }
+            bwd_p_ds<RC>(s, dp, pr, lse_s, dlt_s, warp * 16, lane, f.scale_log2,
+                         [&](int m, int kl) { return pos_s[m] >= kpos0 + kl; }); /* s: dS^T */
             uint32_t pa[RC / 16][4], dsa[RC / 16][4];
             pack_p<T>(pr, pa);
             pack_p<T>(s, dsa);
             mma_a_bsmem<T, RC, D>(dv, pa, o_s, lane);
             mma_a_bsmem<T, RC, D>(dk, dsa, q_s, lane);
-            if (FUSE_DQ) /* dS transposed into [row][key] for the dq product */
-#pragma unroll
-                for (int nt = 0; nt < RC / 8; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++)
-                        sDS[(nt * 8 + 2 * c + (e & 1)) * BWD_DS_LD + warp * 16 + g + 8 * (e >> 1)] =
-                            moba_pack<T>::from_f32(s[nt][e]);
+            if (FUSE_DQ) bwd_store_ds<T, RC>(sDS, BWD_DS_LD, s, warp * 16, lane); /* for the dq product */
         }
         if (FUSE_DQ) {
             __syncthreads();

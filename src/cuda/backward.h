@@ -137,6 +137,39 @@ __device__ __forceinline__ void bwd_row_meta(const BwdArgs &a, const BwdRowCurso
     }
 }
 
+/* For this lane's entries of a warp's 16 keys (key0.. of the tile) x RC rows of a chunk, in the mma
+ * accumulator layout (row m = nt*8 + 2c + (e & 1), key kl = key0 + g + 8 * (e >> 1)):
+ *     p = exp(s * scale - lse_m) where keep(m, kl), else 0   -> pr
+ *     dS^T = p (dP - D_m)                                      -> s, in place
+ * (the dk/dv kernels' step between their two product pairs; lse_s, dlt_s: the chunk's [RC]). */
+template <int RC, class Keep>
+__device__ __forceinline__ void bwd_p_ds(float (&s)[RC / 8][4], const float (&dp)[RC / 8][4], float (&pr)[RC / 8][4],
+                                         const float *lse_s, const float *dlt_s, int key0, int lane, float scale_log2,
+                                         Keep &&keep) {
+    const int g = lane / 4, c = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < RC / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int m = nt * 8 + 2 * c + (e & 1), kl = key0 + g + 8 * (e >> 1);
+            const float p = keep(m, kl) ? moba_exp2(fmaf(s[nt][e], scale_log2, -lse_s[m] * 1.4426950408889634f)) : 0.0f;
+            pr[nt][e] = p;
+            s[nt][e] = p * (dp[nt][e] - dlt_s[m]);
+        }
+}
+
+/* dS^T of a warp's 16 keys (key0..) x RC rows, as left by bwd_p_ds, into shared dS [RC][ld] (row-major:
+ * the A operand of the fused dq product), rounded to the storage type. */
+template <typename T, int RC>
+__device__ __forceinline__ void bwd_store_ds(T *sDS, int ld, const float (&s)[RC / 8][4], int key0, int lane) {
+    const int g = lane / 4, c = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < RC / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            sDS[(nt * 8 + 2 * c + (e & 1)) * ld + key0 + g + 8 * (e >> 1)] = moba_pack<T>::from_f32(s[nt][e]);
+}
+
 /* dq_acc[token t, head h, columns col0 + nt*8 + 2c, +1] += acc[nt][2r], acc[nt][2r + 1] (an mma
  * accumulator's two rows r = 0, 1 of this lane; t < 0: none). float2 atomics on sm_90. */
 template <int D, int NT>

@@ -98,28 +98,14 @@ __global__ void __launch_bounds__(128 * KW, 2 / KW) dkdv_sm90_kernel(BwdArgs a) 
         fence_regs<RC / 2>(&s[0][0]);
         fence_regs<RC / 2>(&dp[0][0]);
         float pr[RC / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < RC / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int m = nt * 8 + 2 * c + (e & 1), kl = warp * 16 + g + 8 * (e >> 1);
-                const bool keep = pos_s[m] >= kpos0 + kl && kl < nkeys;
-                const float p = keep ? moba_exp2(fmaf(s[nt][e], f.scale_log2, -lse_s[m] * 1.4426950408889634f)) : 0.0f;
-                pr[nt][e] = p;
-                s[nt][e] = p * (dp[nt][e] - dlt_s[m]); /* dS^T */
-            }
+        bwd_p_ds<RC>(s, dp, pr, lse_s, dlt_s, warp * 16, lane, f.scale_log2,
+                     [&](int m, int kl) { return pos_s[m] >= kpos0 + kl && kl < nkeys; }); /* s: dS^T */
         uint32_t pa[RC / 16][4], dsa[RC / 16][4];
         pack_p<T>(pr, pa);
         pack_p<T>(s, dsa);
         sm90_issue_pv<T, D, RC>(o_s, dv, pa);
         sm90_issue_pv<T, D, RC>(q_s, dk, dsa);
-        if (FUSE_DQ) /* dS transposed into [row][key] for the dq product, while the tensor cores run */
-#pragma unroll
-            for (int nt = 0; nt < RC / 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    sDS[(nt * 8 + 2 * c + (e & 1)) * DS_LD + warp * 16 + g + 8 * (e >> 1)] =
-                        moba_pack<T>::from_f32(s[nt][e]);
+        if (FUSE_DQ) bwd_store_ds<T, RC>(sDS, DS_LD, s, warp * 16, lane); /* for the dq product, under the GEMMs */
         if (!FUSE_DQ) { /* (fused: the dq product's wait covers dV and dK, which complete first) */
             wg_wait<0>();
             fence_regs<D / 2>(&dv[0][0]);
