@@ -15,7 +15,7 @@
 #   bwdbench  bench/gpu/bench_backward.py --quick (forward+backward vs SDPA)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
-# Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
+# Each test run has a timeout (rc 124 = a hang). Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
 # as its tests/CMakeLists.txt, so tests being written elsewhere in the tree cannot break this run.
 set -u
 OUT=${OUT:-/tmp/moba-out}
@@ -46,13 +46,13 @@ for phase in $phases; do
   test)
     for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_NO_WGMMA=1 MOBA_CUDA_KBM=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1" \
                "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1" "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"; do
-      env $env ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
+      env $env timeout 150 ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
       echo "test_cuda_forward $env rc=$?" | tee -a "$OUT/tests.log"
       cat /tmp/t.log >> "$OUT/tests.log"
       grep -E "FAILED|routing:|passed" /tmp/t.log | head -12
       awk '/o err/ {split($0,a,"o err "); split(a[2],b," "); if (b[1]>m) m=b[1]} END {print "max o err", m}' /tmp/t.log
     done
-    ./build/tests/gpu/test_cuda_golden "$ROOT/.golden" > /tmp/t.log 2>&1; echo "test_cuda_golden rc=$?" | tee -a "$OUT/tests.log"
+    timeout 60 ./build/tests/gpu/test_cuda_golden "$ROOT/.golden" > /tmp/t.log 2>&1; echo "test_cuda_golden rc=$?" | tee -a "$OUT/tests.log"
     cat /tmp/t.log >> "$OUT/tests.log"; tail -3 /tmp/t.log ;;
   sanitize)
     for tool in memcheck racecheck; do
@@ -67,7 +67,7 @@ for phase in $phases; do
     done ;;
   backward)
     for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_BWD_KW=1 MOBA_CUDA_NO_WGMMA=1; do
-      env $env ./build/tests/gpu/test_cuda_backward "$ROOT/.golden" > /tmp/t.log 2>&1
+      env $env timeout 200 ./build/tests/gpu/test_cuda_backward "$ROOT/.golden" > /tmp/t.log 2>&1
       echo "test_cuda_backward $env rc=$?" | tee -a "$OUT/backward.log"
       cat /tmp/t.log >> "$OUT/backward.log"; grep -E "FAILED|worst|passed|golden" /tmp/t.log | head -12
     done
