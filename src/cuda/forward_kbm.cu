@@ -496,16 +496,19 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
 }
 
 /* One warp per (unit, row) of a handed-off tile: the own-block result and the row's partials merged
- * by their LSEs, in fp32, back into o and lse. */
+ * by their LSEs, in fp32, back into o and lse. Memory-bound (the partials are read once): each lane
+ * loads 16 bytes, D / 8 lanes cover one partial, so a warp reads 32 / (D / 8) partials per load and
+ * keeps several loads in flight; the lane groups' sums are added by shuffles at the end. */
 template <typename T, int D>
 __global__ void __launch_bounds__(128) kbm_merge_kernel(KbmArgs a) {
-    constexpr int E = D / 32;
+    constexpr int V = 16 / sizeof(T), LP = D / V, PW = 32 / LP; /* elements per load; lanes per row; rows per load */
+    static_assert(PW >= 1 && 32 % LP == 0, "head dim");
     const int64_t u = a.u0 + blockIdx.x;
     if (!a.flags[u]) return;
     const int h = (int)(u / a.nf);
     const int64_t f = u % a.nf;
     const moba_tile tile = a.ftiles[f];
-    const int i = blockIdx.y * 4 + threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int i = blockIdx.y * 4 + threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / LP, col = lane % LP * V;
     const int nh = min(tile.block, a.k1);
     if (i >= (int)(tile.row_end - tile.row_begin) || nh == 0) return;
     const int64_t t = tile.row_begin + i;
@@ -513,21 +516,35 @@ __global__ void __launch_bounds__(128) kbm_merge_kernel(KbmArgs a) {
     float *lse_at = a.lse + (int64_t)h * a.total + t;
     const float own = *lse_at;
     float M = own;
-    for (int s = 0; s < nh; s++) M = fmaxf(M, a.part_lse[p0 + s]);
-    T *orow = reinterpret_cast<T *>(a.o) + (t * a.Hq + h) * D + lane * E;
-    float w = expf(own - M), W = w, acc[E];
-#pragma unroll
-    for (int e = 0; e < E; e++) acc[e] = w * moba_pack<T>::to_f32(orow[e]);
 #pragma unroll 4
-    for (int s = 0; s < nh; s++) { /* unrolled: several partials' loads in flight */
-        w = expf(a.part_lse[p0 + s] - M);
+    for (int s = 0; s < nh; s++) M = fmaxf(M, a.part_lse[p0 + s]);
+    T *orow = reinterpret_cast<T *>(a.o) + (t * a.Hq + h) * D + col;
+    float W = 0.0f, acc[V];
+#pragma unroll
+    for (int e = 0; e < V; e++) acc[e] = 0.0f;
+    auto add = [&](float w, const T *src) {
+        const uint4 x = *reinterpret_cast<const uint4 *>(src);
+        const T *xs = reinterpret_cast<const T *>(&x);
         W += w;
-        const T *po = reinterpret_cast<const T *>(a.part_o) + (p0 + s) * D + lane * E;
 #pragma unroll
-        for (int e = 0; e < E; e++) acc[e] += w * moba_pack<T>::to_f32(po[e]);
+        for (int e = 0; e < V; e++) acc[e] += w * moba_pack<T>::to_f32(xs[e]);
+    };
+    if (grp == 0) add(expf(own - M), orow);
+#pragma unroll 2
+    for (int s = grp; s < nh; s += PW) add(expf(a.part_lse[p0 + s] - M), reinterpret_cast<const T *>(a.part_o) + (p0 + s) * D + col);
+#pragma unroll
+    for (int o = LP; o < 32; o *= 2) {
+        W += __shfl_xor_sync(0xffffffffu, W, o);
+#pragma unroll
+        for (int e = 0; e < V; e++) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], o);
     }
+    if (grp == 0) {
+        uint4 y;
+        uint32_t *ys = reinterpret_cast<uint32_t *>(&y);
 #pragma unroll
-    for (int e = 0; e < E; e++) orow[e] = moba_pack<T>::from_f32(acc[e] / W);
+        for (int e = 0; e < V / 2; e++) ys[e] = moba_pack<T>::two(acc[2 * e] / W, acc[2 * e + 1] / W);
+        *reinterpret_cast<uint4 *>(orow) = y;
+    }
     __syncwarp();
     if (lane == 0) *lse_at = M + logf(W);
 }
@@ -735,8 +752,10 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     a.scale_log2 = f.scale_log2;
     a.ws_ctas = f.kbm_ws_ctas;
     a.own = f.kbm_own;
-    const char *e = getenv("MOBA_CUDA_KBM_PP"); /* ping-pong consumers: 0 / 1 forces off / on */
-    a.pingpong = e && *e ? *e == '1' : 1;
+    /* ping-pong consumers (MOBA_CUDA_KBM_PP=1): off by default, 1-4% slower in every same-run
+     * comparison on the H200 (docs/cuda.md, v10b and v13) */
+    const char *e = getenv("MOBA_CUDA_KBM_PP");
+    a.pingpong = e && *e == '1';
     if (!a.own && (a.ng == 0 || a.ptot == 0)) return MOBA_OK; /* no history anywhere */
     if (p->dtype == MOBA_DTYPE_BF16)
         return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs)
