@@ -54,6 +54,19 @@ moba_status moba_cuda_check_call(const moba_call *c, const char *fn) {
     return MOBA_OK;
 }
 
+/* The kernels move q, k, v, o (and the gradients) in 16-byte pieces (cp.async, vector loads and
+ * stores) and lay the workspace out in 256-byte-aligned pieces, so a pointer off those boundaries is
+ * refused here, by name, instead of faulting in a kernel. NULL (no lse, a library-owned workspace)
+ * passes; the core has already refused the NULLs that are not allowed. */
+moba_status moba_cuda_check_aligned(const char *fn, int n, const char *const *names, const void *const *ptrs,
+                                    const int *align) {
+    for (int i = 0; i < n; i++)
+        if ((uintptr_t)ptrs[i] % (uintptr_t)align[i] != 0)
+            return moba_fail(MOBA_ERR_INVALID_ARGUMENT, "%s: CUDA backend: %s (%p) is not %d-byte aligned", fn,
+                             names[i], ptrs[i], align[i]);
+    return MOBA_OK;
+}
+
 /* Does this call need routing (centroids + top-k)? Not when every row attends all its history
  * (top_k >= blocks) or only its own block (top_k == 1). */
 static int needs_routing(const moba_call *c) { return !c->full_attention && c->p->top_k > 1; }
@@ -168,6 +181,10 @@ moba_status moba_cuda_upload_layout(const moba_call *c, const moba_cuda_plan *pl
 
 moba_status moba_cuda_route(const moba_call *c, const void *q, const void *k, int32_t *block_idx, void *ws) {
     moba_status st = moba_cuda_supports(c->p->dtype, c->p->head_dim, c->p->block_size);
+    static const char *const names[] = {"q", "k", "block_idx", "workspace"};
+    const void *const ptrs[] = {q, k, block_idx, ws};
+    static const int align[] = {16, 16, 4, 256};
+    if (st == MOBA_OK) st = moba_cuda_check_aligned("moba_route", 4, names, ptrs, align);
     if (st != MOBA_OK) return st;
     moba_cuda_plan plan;
     moba_cuda_make_plan(c, MOBA_OP_ROUTE, &plan);
@@ -183,6 +200,10 @@ moba_status moba_cuda_route(const moba_call *c, const void *q, const void *k, in
 moba_status moba_cuda_backward(const moba_call *c, const void *dout, const void *q, const void *k, const void *v,
                                const void *o, const float *lse, void *dq, void *dk, void *dv, void *ws) {
     moba_status st = moba_cuda_check_call(c, "moba_backward");
+    static const char *const names[] = {"dout", "q", "k", "v", "o", "lse", "dq", "dk", "dv", "workspace"};
+    const void *const ptrs[] = {dout, q, k, v, o, lse, dq, dk, dv, ws};
+    static const int align[] = {16, 16, 16, 16, 16, 4, 16, 16, 16, 256};
+    if (st == MOBA_OK) st = moba_cuda_check_aligned("moba_backward", 10, names, ptrs, align);
     if (st != MOBA_OK) return st;
     moba_cuda_plan plan;
     moba_cuda_make_plan(c, MOBA_OP_BACKWARD, &plan);

@@ -72,6 +72,9 @@ extern "C" {
 #endif
 /* Forward / backward: a supported call whose longest sequence fits the block bitmap (fn names the entry point). */
 moba_status moba_cuda_check_call(const moba_call *c, const char *fn);
+/* MOBA_ERR_INVALID_ARGUMENT naming the first of the n pointers that is not a multiple of its align. */
+moba_status moba_cuda_check_aligned(const char *fn, int n, const char *const *names, const void *const *ptrs,
+                                    const int *align);
 void moba_cuda_make_plan(const moba_call *c, moba_op op, moba_cuda_plan *plan);
 /* Uploads tiles / cu_seqlens / full_base (/ fpairs) into the workspace; fills *dl, and
  * fpairs_host [num_ftiles + 1] when not NULL and plan->kbm. */

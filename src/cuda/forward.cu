@@ -252,6 +252,10 @@ static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan 
 moba_status moba_cuda_forward(const moba_call *c, const void *q, const void *k, const void *v, void *o, float *lse,
                               void *ws) {
     moba_status st = moba_cuda_check_call(c, "moba_forward");
+    static const char *const names[] = {"q", "k", "v", "o", "lse", "workspace"};
+    const void *const ptrs[] = {q, k, v, o, lse, ws};
+    static const int align[] = {16, 16, 16, 16, 4, 256};
+    if (st == MOBA_OK) st = moba_cuda_check_aligned("moba_forward", 6, names, ptrs, align);
     if (st != MOBA_OK) return st;
     moba_cuda_plan plan;
     moba_cuda_make_plan(c, MOBA_OP_FORWARD, &plan);

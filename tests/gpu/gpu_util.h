@@ -38,6 +38,17 @@ static inline void *poisoned_device(moba_dtype dt, size_t n) {
     return d;
 }
 
+/* A small CUDA problem for the argument checks: bf16, one sequence (cu = {0, len}), 2 heads, d = 64,
+ * B = 64, top_k = 3. Returns the workspace bytes of `op`. */
+static inline size_t small_cuda_problem(moba_params *p, const int32_t *cu, moba_op op) {
+    size_t bytes = 0;
+    moba_params_init(p);
+    p->backend = MOBA_BACKEND_CUDA;
+    ref_set_problem(p, MOBA_DTYPE_BF16, 1, cu, 2, 2, 64, 64, 3);
+    CHECK_FATAL(moba_workspace_size(p, op, &bytes) == MOBA_OK, "moba_workspace_size: %s", moba_last_error());
+    return bytes;
+}
+
 /* dir/name/file of a golden case, or the test fails. */
 static inline npy_array golden_load(const char *dir, const char *name, const char *file) {
     char path[1024], err[256];

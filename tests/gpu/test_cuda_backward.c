@@ -167,6 +167,37 @@ static void run_golden(const char *dir, const char *name, int hq, int hkv, int d
     npy_free(&rq), npy_free(&rk), npy_free(&rv);
 }
 
+/* Each gradient pointer (and dout, lse, the workspace) off its boundary: INVALID_ARGUMENT naming it,
+ * dq / dk / dv left as they were. */
+static void check_misaligned(void) {
+    static const int32_t cu[2] = {0, 200};
+    moba_params p;
+    size_t ws_bytes = small_cuda_problem(&p, cu, MOBA_OP_BACKWARD);
+    size_t n = 200 * 2 * 64 + 64, nl = 2 * 200 + 16;
+    char *buf[10];
+    for (int i = 0; i < 10; i++)
+        buf[i] = i == 5 ? poisoned_device(MOBA_DTYPE_F32, nl) : i == 9 ? to_device(NULL, ws_bytes + 512)
+                                                                         : poisoned_device(MOBA_DTYPE_BF16, n);
+    static const char *const names[] = {"dout", "q", "k", "v", "o", "lse", "dq", "dk", "dv", "workspace"};
+    for (int i = 0; i < 10; i++) {
+        char *x[10];
+        memcpy(x, buf, sizeof x);
+        x[i] += i == 9 ? 64 : 2;
+        moba_status st = moba_backward(&p, x[0], x[1], x[2], x[3], x[4], (float *)x[5], x[6], x[7], x[8], x[9], ws_bytes);
+        char want[64];
+        snprintf(want, sizeof want, "backend: %s (", names[i]);
+        CHECK(st == MOBA_ERR_INVALID_ARGUMENT && strstr(moba_last_error(), want),
+              "moba_backward with %s misaligned: status %d, '%s'", names[i], (int)st, moba_last_error());
+    }
+    CUDA_OK(cudaDeviceSynchronize());
+    for (int i = 6; i < 9; i++) {
+        void *h = from_device(buf[i], n * 2);
+        CHECK(ref_count_poison(MOBA_DTYPE_BF16, h, n) == n, "a refused moba_backward wrote into %s", names[i]);
+        free(h);
+    }
+    for (int i = 0; i < 10; i++) cudaFree(buf[i]);
+}
+
 int main(int argc, char **argv) {
     if (!moba_backend_available(MOBA_BACKEND_CUDA)) {
         printf("SKIP: no CUDA device (or libmoba built without CUDA)\n");
@@ -174,6 +205,7 @@ int main(int argc, char **argv) {
     }
     const char *quick_env = getenv("MOBA_GPU_TEST_QUICK");
     int quick = quick_env && atoi(quick_env) > 0;
+    check_misaligned();
 
     static const int one[] = {777}, var[] = {300, 1, 517, 64, 129, 200};
     static const int heads[3][2] = {{2, 2}, {4, 2}, {3, 1}}; /* MHA, GQA, MQA */

@@ -122,6 +122,52 @@ static void check_unsupported(void) {
     CHECK(st == MOBA_OK, "bf16 d=128 B=48 must be supported: %s", moba_last_error());
 }
 
+/* A pointer off the kernels' 16-byte (lse: 4, workspace: 256) boundaries: INVALID_ARGUMENT naming it,
+ * and o / lse / block_idx left as they were. */
+static void check_misaligned(void) {
+    static const int32_t cu[2] = {0, 200};
+    moba_params p;
+    size_t ws_bytes = small_cuda_problem(&p, cu, MOBA_OP_FORWARD);
+    size_t n = 200 * 2 * 64, nl = 2 * 200, nsel = nl * 3;
+    char *q = poisoned_device(MOBA_DTYPE_BF16, n + 64), *k = poisoned_device(MOBA_DTYPE_BF16, n + 64);
+    char *v = poisoned_device(MOBA_DTYPE_BF16, n + 64), *o = poisoned_device(MOBA_DTYPE_BF16, n + 64);
+    char *lse = poisoned_device(MOBA_DTYPE_F32, nl + 16), *sel = poisoned_device(MOBA_DTYPE_F32, nsel + 16);
+    char *ws = to_device(NULL, ws_bytes + 512);
+    const char *names[] = {"q", "k", "v", "o", "lse", "workspace"};
+    for (int i = 0; i < 6; i++) {
+        char *x[6] = {q, k, v, o, lse, ws};
+        x[i] += i == 5 ? 16 : 2;
+        moba_status st = moba_forward(&p, x[0], x[1], x[2], x[3], (float *)x[4], x[5], ws_bytes);
+        const char *msg = moba_last_error();
+        char want[64];
+        snprintf(want, sizeof want, "backend: %s (", names[i]);
+        CHECK(st == MOBA_ERR_INVALID_ARGUMENT && strstr(msg, want) && strstr(msg, "aligned"),
+              "moba_forward with %s misaligned: status %d, '%s'", names[i], (int)st, msg);
+    }
+    size_t route_ws = 0;
+    CHECK(moba_workspace_size(&p, MOBA_OP_ROUTE, &route_ws) == MOBA_OK, "route workspace: %s", moba_last_error());
+    moba_status st = moba_route(&p, q, k, (int32_t *)(sel + 2), NULL, 0);
+    CHECK(st == MOBA_ERR_INVALID_ARGUMENT && strstr(moba_last_error(), "backend: block_idx ("), "moba_route, block_idx + 2: %s",
+          moba_last_error());
+    st = moba_route(&p, q + 8, k, (int32_t *)sel, NULL, 0);
+    CHECK(st == MOBA_ERR_INVALID_ARGUMENT && strstr(moba_last_error(), "backend: q ("), "moba_route, q + 8: %s",
+          moba_last_error());
+    st = moba_route(&p, q, k, (int32_t *)sel, ws + 128, route_ws);
+    CHECK(st == MOBA_ERR_INVALID_ARGUMENT && strstr(moba_last_error(), "backend: workspace ("), "moba_route, workspace + 128: %s",
+          moba_last_error());
+    CUDA_OK(cudaDeviceSynchronize());
+    void *ho = from_device(o, (n + 64) * 2), *hl = from_device(lse, (nl + 16) * 4), *hs = from_device(sel, (nsel + 16) * 4);
+    CHECK(ref_count_poison(MOBA_DTYPE_BF16, ho, n + 64) == n + 64, "a refused moba_forward wrote into o");
+    CHECK(ref_count_poison(MOBA_DTYPE_F32, hl, nl + 16) == nl + 16, "a refused moba_forward wrote into lse");
+    CHECK(ref_count_poison(MOBA_DTYPE_F32, hs, nsel + 16) == nsel + 16, "a refused moba_route wrote into block_idx");
+    /* the same buffers, aligned: accepted */
+    st = moba_forward(&p, q, k, v, o, (float *)lse, ws, ws_bytes);
+    CHECK(st == MOBA_OK, "moba_forward, aligned: %s", moba_last_error());
+    CUDA_OK(cudaDeviceSynchronize());
+    free(ho), free(hl), free(hs);
+    cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(lse), cudaFree(sel), cudaFree(ws);
+}
+
 int main(void) {
     if (!moba_backend_available(MOBA_BACKEND_CUDA)) {
         printf("SKIP: no CUDA device (or libmoba built without CUDA)\n");
@@ -130,6 +176,7 @@ int main(void) {
     const char *quick_env = getenv("MOBA_GPU_TEST_QUICK");
     int quick = quick_env && atoi(quick_env) > 0;
     check_unsupported();
+    check_misaligned();
 
     static const int one[] = {777}, var[] = {300, 1, 517, 64, 129, 200};
     static const int heads[3][2] = {{2, 2}, {4, 2}, {3, 1}}; /* MHA, GQA, MQA */
