@@ -54,6 +54,7 @@ struct KbmArgs {
     int ws_ctas;                /* persistent CTAs of the warp-specialised kernel (SMs); 0: the plain one */
     int own;                    /* handed-off tiles' own blocks are items of the warp-specialised kernel */
     int pingpong;               /* its two consumer warpgroups take turns to issue their products */
+    int qregs;                  /* its consumers hold Q in registers (S = Q K^T with A from registers) */
     float scale_log2;
 };
 
@@ -297,15 +298,20 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
  * rows each and, per item, wait "full", rescale O, issue S(s) and O += P(s-1) V(s-1), wait for S(s)
  * only, run the softmax while P V runs (FA3's order; the first item of a tile peeled so that no wgmma
  * is under a branch), then release the stage of item s-1 on its "empty" mbarrier. No CTA barrier in
- * the loop: the consumers are tied to each other only through the stages.
+ * the loop: the consumers are tied to each other only through the stages. With QR (the default) a
+ * consumer loads its Q rows into registers at a tile's first item and S takes A from them: with
+ * 64-key chunks, S with both operands in shared memory reads as much per step as shared memory gives
+ * in the step's tensor time; this way it reads only K (docs/cuda.md, v14).
  * Two kinds of tile: a history tile (x = kv head >= 0: up to 128 gathered pairs against a whole block,
  * results to the partials) and, with a.own, an own-block tile (x = -1 - q head: up to 128 consecutive
  * rows of one block against its keys up to the last row, causal, results straight to o and lse; the
  * query-tile-major kernel did this part at ~260 TFLOP/s, this one at ~357). A warpgroup stops at its diagonal
  * chunk and only waits out / releases the stages after it. */
-#define KBM_WS_STAGES 5
 #define KBM_WS_THREADS 384
-template <typename T, int D, bool PP>
+#define KBM_WS_STAGES 5
+#define KBM_WS_PRODUCER_REGS 80  /* with Q in registers (setmaxnreg): 80 * 128 + 208 * 256 <= the 168 * 384 of the launch */
+#define KBM_WS_CONSUMER_REGS 208
+template <typename T, int D, bool PP, bool QR>
 __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArgs a) {
 #ifdef MOBA_WGMMA
     /* LAG: the producer signals an item once the copies of the next one are issued. Not 2: with a
@@ -346,6 +352,7 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
     };
 
     if (wg == 0) { /* producer */
+        if (QR) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(KBM_WS_PRODUCER_REGS));
         const int ptid = tid;
         const T *qg = reinterpret_cast<const T *>(a.q), *kg = reinterpret_cast<const T *>(a.k),
                 *vg = reinterpret_cast<const T *>(a.v);
@@ -402,12 +409,18 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
         if (PP) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - cw) : "memory");
     };
     if (PP && cw == 1) asm volatile("bar.arrive 1, 256;\n" ::: "memory"); /* warpgroup 0 goes first */
+    if (QR) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(KBM_WS_CONSUMER_REGS));
+    uint32_t qa[D / 16][4]; /* QR: this warpgroup's Q rows as A fragments, loaded at a tile's first item */
     /* descriptors of stage 0's K and V and of this warpgroup's two Q buffers; stage st is st * KV_BYTES on */
     const uint64_t k_desc0 = sw128_desc(sK, 16, 1024), v_desc0 = sw128_desc(sV, BN * 128, 1024);
     const uint64_t q_desc0 = sw128_desc(sQ + cw * Q_BYTES, 16, 1024);
     constexpr uint32_t KV16 = KV_BYTES >> 4, Q16 = 2 * Q_BYTES >> 4;
     float m[2], l[2], alpha[2], acc[D / 8][4];
     uint32_t pa[BN / 16][4];
+    auto issue_s = [&](uint64_t q_desc, uint64_t k_desc, float(&sc)[BN / 8][4]) {
+        if (QR) sm90_issue_s_rs<T, D, BN>(qa, k_desc, sc);
+        else sm90_issue_s_desc<T, D, BN, ROWS>(q_desc, k_desc, sc);
+    };
     Ring r = {0, 0};
     for (int n = 0; n < mine; n++) {
         const int4 tile = tile_of(n);
@@ -422,10 +435,14 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
         if (last >= 0) {
             mbar_wait(&full[r.st], r.ph);
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+            if (QR) {
+                load_q_frags<D>(qa, sQ + (n % 2 * 2 + cw) * Q_BYTES, warp, lane);
+                mbar_arrive(&qempty[n % 2]); /* Q is in registers: its buffer may take tile n + 2's */
+            }
             {
                 float sc[BN / 8][4];
                 turn_begin();
-                sm90_issue_s_desc<T, D, BN, ROWS>(q_desc, desc_add(k_desc0, r.st * KV16), sc);
+                issue_s(q_desc, desc_add(k_desc0, r.st * KV16), sc);
                 turn_end();
                 wg_wait<0>();
                 fence_regs<BN / 2>(&sc[0][0]);
@@ -440,7 +457,7 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
                 float sc[BN / 8][4];
                 rescale_acc(acc, alpha);
                 turn_begin();
-                sm90_issue_s_desc<T, D, BN, ROWS>(q_desc, desc_add(k_desc0, r.st * KV16), sc);
+                issue_s(q_desc, desc_add(k_desc0, r.st * KV16), sc);
                 sm90_issue_pv_desc<T, D, BN>(desc_add(v_desc0, prev * KV16), acc, pa); /* runs under the softmax */
                 turn_end();
                 wg_wait<1>();
@@ -455,7 +472,7 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
                 prev = r.st;
                 r.next();
             }
-            mbar_arrive(&qempty[n % 2]); /* every S of the tile is done */
+            if (!QR) mbar_arrive(&qempty[n % 2]); /* every S of the tile is done */
             rescale_acc(acc, alpha);
             turn_begin();
             sm90_issue_pv_desc<T, D, BN>(desc_add(v_desc0, prev * KV16), acc, pa);
@@ -668,15 +685,10 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
     if (a.ws_ctas > 0) {
         const size_t smem = 1024 + (size_t)(4 * 64 + 2 * KBM_WS_STAGES * SM90_BN) * D * 2 + 8 * (2 * KBM_WS_STAGES + 2);
         const int64_t ctas = bound < a.ws_ctas ? bound : a.ws_ctas;
-        if (a.pingpong) {
-            MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_attend_ws_kernel<T, D, true>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-            kbm_attend_ws_kernel<T, D, true><<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a);
-        } else {
-            MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_attend_ws_kernel<T, D, false>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-            kbm_attend_ws_kernel<T, D, false><<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a);
-        }
+        auto kernel = a.pingpong ? (a.qregs ? kbm_attend_ws_kernel<T, D, true, true> : kbm_attend_ws_kernel<T, D, true, false>)
+                                 : (a.qregs ? kbm_attend_ws_kernel<T, D, false, true> : kbm_attend_ws_kernel<T, D, false, false>);
+        MOBA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        kernel<<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a);
     } else {
         const size_t smem = 1024 + (size_t)(64 * SM90_WGS + 4 * SM90_BN) * D * 2;
         MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_attend_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -756,6 +768,8 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
      * comparison on the H200 (docs/cuda.md, v10b and v13) */
     const char *e = getenv("MOBA_CUDA_KBM_PP");
     a.pingpong = e && *e == '1';
+    e = getenv("MOBA_CUDA_KBM_QREG"); /* Q in registers: 0 / 1 forces off / on */
+    a.qregs = e && *e ? *e == '1' : 1;
     if (!a.own && (a.ng == 0 || a.ptot == 0)) return MOBA_OK; /* no history anywhere */
     if (p->dtype == MOBA_DTYPE_BF16)
         return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs)

@@ -67,11 +67,13 @@ template <> struct wg<__nv_bfloat16> {
     static __device__ __forceinline__ void ss64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_ss_n64_bf16(d, a, b, acc); }
     static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_bf16(d, a, b); }
     static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_bf16(d, a, b); }
+    static __device__ __forceinline__ void rsk64(float *d, const uint32_t *a, uint64_t b, int acc) { wgmma_rsk_n64_bf16(d, a, b, acc); }
 };
 template <> struct wg<__half> {
     static __device__ __forceinline__ void ss64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_ss_n64_f16(d, a, b, acc); }
     static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_f16(d, a, b); }
     static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_f16(d, a, b); }
+    static __device__ __forceinline__ void rsk64(float *d, const uint32_t *a, uint64_t b, int acc) { wgmma_rsk_n64_f16(d, a, b, acc); }
 };
 #endif
 
@@ -98,6 +100,35 @@ __device__ __forceinline__ void sm90_issue_s_desc(uint64_t q_desc, uint64_t k_de
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
+/* The same with Q as register fragments (qa from load_q_frags): the tensor cores then read only K from
+ * shared memory. With 64-key chunks the SS form moves 4 KiB per k-step through shared memory, as much as
+ * its bandwidth allows in the step's tensor time; this form moves half of that. */
+template <typename T, int D, int BN>
+__device__ __forceinline__ void sm90_issue_s_rs(const uint32_t (&qa)[D / 16][4], uint64_t k_desc, float (&s)[BN / 8][4]) {
+#ifdef MOBA_WGMMA
+    fence_regs<BN / 2>(&s[0][0]);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        wg<T>::rsk64(&s[0][0], qa[kk], desc_add(k_desc, ((kk / 4) * (BN * 128) + (kk % 4) * 32) >> 4), kk > 0);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+/* A warpgroup's 64 rows of a swizzled [64 x D] tile as wgmma A fragments (the mma.sync A layout per
+ * warp, rows 16 warp ..): ldmatrix x4 per 16 columns; lane l addresses row (l % 8) + 8 ((l / 8) % 2) of
+ * its warp's 16 and the 16-byte chunk 2 kk + l / 16, found in its panel at chunk ^ (row % 8). */
+template <int D>
+__device__ __forceinline__ void load_q_frags(uint32_t (&qa)[D / 16][4], const char *q_s, int warp, int lane) {
+    const int row = warp * 16 + (lane % 8) + ((lane / 8) & 1) * 8;
+    const char *base = q_s + row * 128;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        const int ch = 2 * kk + lane / 16;
+        moba_ldmatrix_x4(qa[kk], base + (ch / 8) * (64 * 128) + (((ch % 8) ^ (row % 8)) << 4));
+    }
+}
+
 template <typename T, int D, int BN, int ROWS>
 __device__ __forceinline__ void sm90_issue_s(const char *q_s, const char *k_s, float (&s)[BN / 8][4]) {
     sm90_issue_s_desc<T, D, BN, ROWS>(sw128_desc(q_s, 16, 1024), sw128_desc(k_s, 16, 1024), s);

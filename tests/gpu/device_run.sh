@@ -7,7 +7,7 @@
 #   (test runs the default dispatch, MOBA_CUDA_NO_WGMMA=1 = portable kernel only, MOBA_CUDA_KBM=1 = every
 #   routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes, and both with
 #   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default only for B >= 1024), and that
-#   with MOBA_CUDA_KBM_PP=1 (ping-pong consumers, off by default);
+#   with MOBA_CUDA_KBM_PP=1 (ping-pong consumers, off by default) or MOBA_CUDA_KBM_QREG=0 (Q from shared memory);
 #   sanitize the default, the two smallest-pass runs and the last with ping-pong)
 #   backward  test_cuda_backward (+ golden gradients; default, MOBA_CUDA_BWD_KW=1 = one warpgroup per
 #             Hopper dk/dv CTA, MOBA_CUDA_NO_WGMMA=1 = the portable kernels), its quick subset under
@@ -47,7 +47,7 @@ for phase in $phases; do
   test)
     for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_NO_WGMMA=1 MOBA_CUDA_KBM=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1" \
                "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1" "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1" \
-               "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PP=1"; do
+               "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PP=1" "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0"; do
       env $env timeout 150 ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
       echo "test_cuda_forward $env rc=$?" | tee -a "$OUT/tests.log"
       cat /tmp/t.log >> "$OUT/tests.log"
