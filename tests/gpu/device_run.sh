@@ -16,7 +16,7 @@
 #   bwdbench  bench/gpu/bench_backward.py --quick (forward+backward vs SDPA)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
-# Each test run has a timeout (rc 124 = a hang). Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
+# BUILD_TARGET=name builds only that target (a short call). Each test run has a timeout (rc 124 = a hang). Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
 # as its tests/CMakeLists.txt, so tests being written elsewhere in the tree cannot break this run.
 set -u
 OUT=${OUT:-/tmp/moba-out}
@@ -38,7 +38,7 @@ cd "$SRC"
   > "$OUT/info.txt" 2>&1
 cat "$OUT/info.txt"
 if ! { cmake -S . -B build -G Ninja -DMOBA_BUILD_TOOLS=OFF -DCMAKE_BUILD_TYPE=Release &&
-       cmake --build build -j16; } > "$OUT/build.log" 2>&1; then
+       cmake --build build -j16 ${BUILD_TARGET:+--target $BUILD_TARGET}; } > "$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
 echo "build ok"
