@@ -298,7 +298,7 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
  * rows each and, per item, wait "full", rescale O, issue S(s) and O += P(s-1) V(s-1), wait for S(s)
  * only, run the softmax while P V runs (FA3's order; the first item of a tile peeled so that no wgmma
  * is under a branch), then release the stage of item s-1 on its "empty" mbarrier. No CTA barrier in
- * the loop: the consumers are tied to each other only through the stages. With QR (the default) a
+ * the loop: the consumers are tied to each other only through the stages. With QR (opt-in for now) a
  * consumer loads its Q rows into registers at a tile's first item and S takes A from them: with
  * 64-key chunks, S with both operands in shared memory reads as much per step as shared memory gives
  * in the step's tensor time; this way it reads only K (docs/cuda.md, v14).
@@ -768,8 +768,9 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
      * comparison on the H200 (docs/cuda.md, v10b and v13) */
     const char *e = getenv("MOBA_CUDA_KBM_PP");
     a.pingpong = e && *e == '1';
-    e = getenv("MOBA_CUDA_KBM_QREG"); /* Q in registers: 0 / 1 forces off / on */
-    a.qregs = e && *e ? *e == '1' : 1;
+    /* Q in registers (MOBA_CUDA_KBM_QREG=1): opt-in until compute-sanitizer has run on it (docs/cuda.md, v14) */
+    e = getenv("MOBA_CUDA_KBM_QREG");
+    a.qregs = e && *e == '1';
     if (!a.own && (a.ng == 0 || a.ptot == 0)) return MOBA_OK; /* no history anywhere */
     if (p->dtype == MOBA_DTYPE_BF16)
         return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs)

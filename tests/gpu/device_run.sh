@@ -7,8 +7,8 @@
 #   (test runs the default dispatch, MOBA_CUDA_NO_WGMMA=1 = portable kernel only, MOBA_CUDA_KBM=1 = every
 #   routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes, and both with
 #   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default only for B >= 1024), and that
-#   with MOBA_CUDA_KBM_PP=1 (ping-pong consumers, off by default) or MOBA_CUDA_KBM_QREG=0 (Q from shared memory);
-#   sanitize the default, the two smallest-pass runs and the last with ping-pong)
+#   with MOBA_CUDA_KBM_PP=1 (ping-pong consumers, off by default) or MOBA_CUDA_KBM_QREG=1 (Q in registers, opt-in), that also in 1-tile passes;
+#   sanitize the default, the two smallest-pass runs and those with ping-pong and with Q in registers)
 #   backward  test_cuda_backward (+ golden gradients; default, MOBA_CUDA_BWD_KW=1 = one warpgroup per
 #             Hopper dk/dv CTA, MOBA_CUDA_NO_WGMMA=1 = the portable kernels), its quick subset under
 #             memcheck/racecheck, and the per-kernel breakdown of one backward call for each benchmark
@@ -47,7 +47,8 @@ for phase in $phases; do
   test)
     for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_NO_WGMMA=1 MOBA_CUDA_KBM=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1" \
                "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1" "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1" \
-               "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PP=1" "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0"; do
+               "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PP=1" "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=1" \
+               "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=1 MOBA_CUDA_KBM_PAIRS=1"; do
       env $env timeout 150 ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
       echo "test_cuda_forward $env rc=$?" | tee -a "$OUT/tests.log"
       cat /tmp/t.log >> "$OUT/tests.log"
@@ -60,7 +61,8 @@ for phase in $phases; do
     for tool in memcheck racecheck; do
       for env in MOBA_CUDA_DEFAULT=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1" \
                  "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1" \
-                 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1 MOBA_CUDA_KBM_PP=1"; do
+                 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1 MOBA_CUDA_KBM_PP=1" \
+                 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1 MOBA_CUDA_KBM_QREG=1"; do
         env $env MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
           ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
         echo "compute-sanitizer $tool $env rc=$?" | tee -a "$OUT/sanitize.log"
