@@ -66,7 +66,7 @@ typedef enum {
     MOBA_BACKEND_CPU = 0,  /* host pointers, OpenMP                                    */
     MOBA_BACKEND_CUDA = 1  /* device pointers (cu_seqlens stays on the host), a stream */
 } moba_backend;
-/* CUDA pointers: tensors (q, k, v, o, dout, dq, dk, dv) 16-byte aligned, lse and block_idx 4-byte, a
+/* CUDA pointers: tensors (q, k, v, o, dout, dq, dk, dv, caches, centroids) 16-byte aligned, lse and block_idx 4-byte, a
  * caller's workspace 256-byte (cudaMalloc gives 256); others: MOBA_ERR_INVALID_ARGUMENT naming it. */
 
 /* Which call a workspace is sized for. */

@@ -131,9 +131,11 @@ extern "C" moba_status moba_cuda_cache_append(const moba_cache_call *c, const vo
     const moba_cache_params *p = c->p;
     const int n = p->num_seqs, Hkv = p->num_kv_heads, d = p->head_dim, B = p->block_size;
     cudaStream_t stream = (cudaStream_t)p->cuda_stream;
-    if (((uintptr_t)k_new | (uintptr_t)v_new | (uintptr_t)k_cache | (uintptr_t)v_cache) % 16 != 0)
-        return moba_fail(MOBA_ERR_INVALID_ARGUMENT,
-                         "moba_cache_append: CUDA backend: k_new, v_new, k_cache and v_cache must be 16-byte aligned");
+    static const char *const names[] = {"k_new", "v_new", "k_cache", "v_cache"};
+    const void *const ptrs[] = {k_new, v_new, k_cache, v_cache};
+    static const int align[] = {16, 16, 16, 16};
+    moba_status st = moba_cuda_check_aligned("moba_cache_append", 4, names, ptrs, align);
+    if (st != MOBA_OK) return st;
 
     /* host bookkeeping, uploaded in one piece */
     size_t meta_bytes = sizeof(int32_t) * (size_t)(2 * n + 1) + sizeof(int64_t) * (size_t)(n + 1) + 8;
@@ -1015,11 +1017,11 @@ extern "C" moba_status moba_cuda_cache_attend(const moba_cache_call *c, const vo
                                               void *ws) {
     const moba_cache_params *p = c->p;
     cudaStream_t stream = (cudaStream_t)p->cuda_stream;
-    if (((uintptr_t)q | (uintptr_t)k_cache | (uintptr_t)v_cache | (uintptr_t)centroids | (uintptr_t)o) % 16 != 0)
-        return moba_fail(MOBA_ERR_INVALID_ARGUMENT, "moba_cache_attend: CUDA backend: q, k_cache, v_cache, centroids "
-                         "and o must be 16-byte aligned");
-    if (ws && (uintptr_t)ws % 256 != 0)
-        return moba_fail(MOBA_ERR_INVALID_ARGUMENT, "moba_cache_attend: CUDA backend: workspace must be 256-byte aligned");
+    static const char *const names[] = {"q", "k_cache", "v_cache", "centroids", "o", "workspace"};
+    const void *const ptrs[] = {q, k_cache, v_cache, centroids, o, ws};
+    static const int align[] = {16, 16, 16, 16, 16, 256};
+    moba_status st = moba_cuda_check_aligned("moba_cache_attend", 6, names, ptrs, align);
+    if (st != MOBA_OK) return st;
     dec_plan P;
     make_plan(c, &P);
 
@@ -1080,7 +1082,6 @@ extern "C" moba_status moba_cuda_cache_attend(const moba_cache_call *c, const vo
     a.slots = c->slots_per_seq;
     a.full = p->full_attention;
     a.scale_log2 = c->scale * 1.4426950408889634f;
-    moba_status st;
     if (p->dtype == MOBA_DTYPE_BF16)
         st = p->head_dim == 64 ? launch_attend<__nv_bfloat16, 64>(c, P, a, stream)
                                : launch_attend<__nv_bfloat16, 128>(c, P, a, stream);
