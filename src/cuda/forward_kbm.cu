@@ -55,6 +55,7 @@ struct KbmArgs {
     int own;                    /* handed-off tiles' own blocks are items of the warp-specialised kernel */
     int pingpong;               /* its two consumer warpgroups take turns to issue their products */
     int qregs;                  /* its consumers hold Q in registers (S = Q K^T with A from registers) */
+    int qbufs;                  /* with qregs: tiles whose Q the producer holds at once (1: a sixth K/V stage instead) */
     float scale_log2;
 };
 
@@ -293,12 +294,12 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
 
 /* Warp-specialised version (the default for B >= 1024; MOBA_CUDA_KBM_WS=1/0 forces it on/off). A persistent CTA of three
  * warpgroups per SM walks its tiles' chunks as one stream of items: warpgroup 0 only loads (K/V into a KBM_WS_STAGES ring, a
- * tile's Q with its first chunk, two Q buffers), waits for its own copies one item behind,
+ * tile's Q with its first chunk into one of NQ Q buffers), waits for its own copies one item behind,
  * fences them to the async proxy and arrives on the stage's "full" mbarrier; warpgroups 1 and 2 take 64
  * rows each and, per item, wait "full", rescale O, issue S(s) and O += P(s-1) V(s-1), wait for S(s)
  * only, run the softmax while P V runs (FA3's order; the first item of a tile peeled so that no wgmma
  * is under a branch), then release the stage of item s-1 on its "empty" mbarrier. No CTA barrier in
- * the loop: the consumers are tied to each other only through the stages. With QR (opt-in for now) a
+ * the loop: the consumers are tied to each other only through the stages. With QR (the default) a
  * consumer loads its Q rows into registers at a tile's first item and S takes A from them: with
  * 64-key chunks, S with both operands in shared memory reads as much per step as shared memory gives
  * in the step's tensor time; this way it reads only K (docs/cuda.md, v14).
@@ -308,21 +309,27 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
  * query-tile-major kernel did this part at ~260 TFLOP/s, this one at ~357). A warpgroup stops at its diagonal
  * chunk and only waits out / releases the stages after it. */
 #define KBM_WS_THREADS 384
-#define KBM_WS_STAGES 5
+/* K/V stages beside NQ tiles' Q (two 64-row buffers each): 2 x 32 KiB + 5 x 32 KiB, or with Q in registers
+ * 1 x 32 KiB + 6 x 32 KiB, of the 227 KiB of shared memory at D = 128 */
+#define KBM_WS_STAGES(NQ) ((NQ) == 1 ? 6 : 5)
 #define KBM_WS_PRODUCER_REGS 80  /* with Q in registers (setmaxnreg): 80 * 128 + 208 * 256 <= the 168 * 384 of the launch */
 #define KBM_WS_CONSUMER_REGS 208
-template <typename T, int D, bool PP, bool QR>
+template <typename T, int D, bool PP, bool QR, int NQ>
 __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArgs a) {
 #ifdef MOBA_WGMMA
     /* LAG: the producer signals an item once the copies of the next one are issued. Not 2: with a
      * one-chunk tile n+1, signalling tile n's last chunk would wait for the first chunk of tile n+2,
      * whose Q buffer frees only when tile n's last S is done - a hang (tests: the large-block cases
-     * in multi-tile passes). With 1, that chunk is tile n+1's, whose Q buffer tile n-1 freed. */
-    constexpr int BN = SM90_BN, ROWS = 64, NS = KBM_WS_STAGES, LAG = 1;
+     * in multi-tile passes). With 1, that chunk is tile n+1's, whose Q buffer tile n-1 freed.
+     * NQ = 1 (one Q buffer, Q in registers): tile n+1's Q may go in only once both consumers have read
+     * tile n's, which they do at its first item; so before waiting for that the producer signals every
+     * item it has issued (else tile n's first item could be the one still unsignalled: a hang). */
+    static_assert(NQ == 2 || (NQ == 1 && QR), "one Q buffer needs Q in registers");
+    constexpr int BN = SM90_BN, ROWS = 64, NS = KBM_WS_STAGES(NQ), LAG = 1;
     constexpr int Q_BYTES = ROWS * D * 2, KV_BYTES = BN * D * 2;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
-    char *sQ = smem, *sK = sQ + 2 * 2 * Q_BYTES, *sV = sK + NS * KV_BYTES;
+    char *sQ = smem, *sK = sQ + NQ * 2 * Q_BYTES, *sV = sK + NS * KV_BYTES;
     uint64_t *full = reinterpret_cast<uint64_t *>(sV + NS * KV_BYTES), *empty = full + NS, *qempty = empty + NS;
     const int ntiles = *a.ntiles;
     const int mine = ntiles > (int)blockIdx.x ? (ntiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x : 0;
@@ -335,8 +342,7 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
             mbar_init(&full[i], 128);
             mbar_init(&empty[i], 256);
         }
-        mbar_init(&qempty[0], 256);
-        mbar_init(&qempty[1], 256);
+        for (int i = 0; i < NQ; i++) mbar_init(&qempty[i], 256);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -358,21 +364,27 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
                 *vg = reinterpret_cast<const T *>(a.v);
         const int64_t kv_stride = (int64_t)a.Hkv * D;
         Ring put = {0, 0}, done = {0, 0}; /* the stage being filled; the next one to signal */
+        int s = 0, sig = 0;               /* items issued, items signalled */
         auto signal = [&]() { /* this thread's copies of the oldest unsignalled item have landed */
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
             mbar_arrive(&full[done.st]);
             done.next();
+            sig++;
         };
-        int s = 0;
         for (int n = 0; n < mine; n++) {
+            if (NQ == 1 && n >= 1) { /* signal everything: tile n - 1's first item among it */
+                moba_cp_async_wait<0>();
+                while (sig < s) signal();
+            }
+            /* Q buffer n % NQ free: both consumers have read tile n - NQ's Q */
+            if (n >= NQ) mbar_wait(&qempty[n % NQ], (n / NQ - 1) & 1);
             const int4 tile = tile_of(n);
             const int nch = chunks_of(tile), h = -1 - tile.x, hk = tile.x >= 0 ? tile.x : h / a.group;
             for (int ci = 0; ci < nch; ci++, s++, put.next()) {
                 if (s >= NS) mbar_wait(&empty[put.st], put.ph ^ 1);
                 if (ci == 0) {
-                    if (n >= 2) mbar_wait(&qempty[n % 2], (n / 2 - 1) & 1);
                     for (int w = 0; w < 2; w++) {
-                        char *dst = sQ + (n % 2 * 2 + w) * Q_BYTES;
+                        char *dst = sQ + (n % NQ * 2 + w) * Q_BYTES;
                         if (tile.x >= 0)
                             load_sw128_gather<D, ROWS, T, 128>(dst, qg, a.plist + tile.z + w * ROWS, tile.w - w * ROWS, ptid);
                         else
@@ -385,14 +397,14 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
                 load_sw128<D, BN, T, 128>(sK + put.st * KV_BYTES, kg + off, kv_stride, valid, ptid);
                 load_sw128<D, BN, T, 128>(sV + put.st * KV_BYTES, vg + off, kv_stride, valid, ptid);
                 moba_cp_async_commit();
-                if (s >= LAG) {
+                if (s - LAG >= sig) { /* item s - LAG, unless already signalled */
                     moba_cp_async_wait<LAG>();
                     signal();
                 }
             }
         }
         moba_cp_async_wait<0>();
-        for (int x = s - LAG > 0 ? s - LAG : 0; x < s; x++) signal();
+        while (sig < s) signal();
         return;
     }
 
@@ -427,17 +439,18 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
         const bool own = tile.x < 0;
         const int nch = chunks_of(tile);
         /* own-block tile: this lane's rows sit at block positions qpos, qpos + 8; the warpgroup's first
-         * row at wpos; chunks past its last row are skipped, those reaching past its first are masked */
+         * row at wpos; chunks past its last row are skipped, those reaching past its first are masked.
+         * A warpgroup with no rows in the tile (64 or fewer) skips every chunk. */
         const int wpos = tile.z - tile.y + cw * ROWS, qpos = tile.z - tile.y + row0;
-        const int last = !own ? nch - 1 : cw * ROWS < tile.w ? min(nch - 1, (wpos + ROWS - 1) / BN) : -1;
-        const uint64_t q_desc = desc_add(q_desc0, (n % 2) * Q16);
+        const int last = cw * ROWS >= tile.w ? -1 : !own ? nch - 1 : min(nch - 1, (wpos + ROWS - 1) / BN);
+        const uint64_t q_desc = desc_add(q_desc0, (n % NQ) * Q16);
         attn_state_init(m, l, acc);
         if (last >= 0) {
             mbar_wait(&full[r.st], r.ph);
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
             if (QR) {
-                load_q_frags<D>(qa, sQ + (n % 2 * 2 + cw) * Q_BYTES, warp, lane);
-                mbar_arrive(&qempty[n % 2]); /* Q is in registers: its buffer may take tile n + 2's */
+                load_q_frags<D>(qa, sQ + (n % NQ * 2 + cw) * Q_BYTES, warp, lane);
+                mbar_arrive(&qempty[n % NQ]); /* Q is in registers: its buffer may take tile n + NQ's */
             }
             {
                 float sc[BN / 8][4];
@@ -472,7 +485,7 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
                 prev = r.st;
                 r.next();
             }
-            if (!QR) mbar_arrive(&qempty[n % 2]); /* every S of the tile is done */
+            if (!QR) mbar_arrive(&qempty[n % NQ]); /* every S of the tile is done */
             rescale_acc(acc, alpha);
             turn_begin();
             sm90_issue_pv_desc<T, D, BN>(desc_add(v_desc0, prev * KV16), acc, pa);
@@ -481,14 +494,16 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
             fence_regs<D / 2>(&acc[0][0]);
             mbar_arrive(&empty[prev]);
         } else {
-            mbar_arrive(&qempty[n % 2]);
             turn_begin(); /* the turn of the last P V */
             turn_end();
         }
         /* stages this warpgroup does not need: wait until they are full (so that an arrival cannot count
-         * towards the stage's next use), then release them */
+         * towards the stage's next use), then release them. A warpgroup with no rows in the tile gives
+         * its Q buffer back once the tile's first item is full, not before: an earlier arrival could
+         * complete the barrier's phase of the previous tile, before the other warpgroup read that Q */
         for (int k = last + 1; k < nch; k++, r.next()) {
             mbar_wait(&full[r.st], r.ph);
+            if (k == 0) mbar_arrive(&qempty[n % NQ]);
             turn_begin();
             turn_end();
             mbar_arrive(&empty[r.st]);
@@ -683,10 +698,12 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
     int64_t bound = pairs / KBM_ROWS + (a.ng < pairs ? a.ng : pairs) + 1 + (a.own ? units : 0);
     if (bound > plan->ktile_cap) bound = plan->ktile_cap;
     if (a.ws_ctas > 0) {
-        const size_t smem = 1024 + (size_t)(4 * 64 + 2 * KBM_WS_STAGES * SM90_BN) * D * 2 + 8 * (2 * KBM_WS_STAGES + 2);
+        const int nq = a.qregs && a.qbufs == 1 ? 1 : 2, ns = nq == 1 ? KBM_WS_STAGES(1) : KBM_WS_STAGES(2);
+        const size_t smem = 1024 + (size_t)(nq * 2 * 64 + 2 * ns * SM90_BN) * D * 2 + 8 * (2 * ns + nq);
         const int64_t ctas = bound < a.ws_ctas ? bound : a.ws_ctas;
-        auto kernel = a.pingpong ? (a.qregs ? kbm_attend_ws_kernel<T, D, true, true> : kbm_attend_ws_kernel<T, D, true, false>)
-                                 : (a.qregs ? kbm_attend_ws_kernel<T, D, false, true> : kbm_attend_ws_kernel<T, D, false, false>);
+        auto kernel = !a.qregs ? (a.pingpong ? kbm_attend_ws_kernel<T, D, true, false, 2> : kbm_attend_ws_kernel<T, D, false, false, 2>)
+                      : nq == 2 ? (a.pingpong ? kbm_attend_ws_kernel<T, D, true, true, 2> : kbm_attend_ws_kernel<T, D, false, true, 2>)
+                                : (a.pingpong ? kbm_attend_ws_kernel<T, D, true, true, 1> : kbm_attend_ws_kernel<T, D, false, true, 1>);
         MOBA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         kernel<<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a);
     } else {
@@ -768,9 +785,13 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
      * comparison on the H200 (docs/cuda.md, v10b and v13) */
     const char *e = getenv("MOBA_CUDA_KBM_PP");
     a.pingpong = e && *e == '1';
-    /* Q in registers (MOBA_CUDA_KBM_QREG=1): opt-in until compute-sanitizer has run on it (docs/cuda.md, v14) */
+    /* the warp-specialised kernel's consumers keep Q in registers (v14) and its one Q buffer leaves room for
+     * a sixth K/V stage (v15); switches for measurements and tests: MOBA_CUDA_KBM_QREG=0 (Q from shared
+     * memory, two Q buffers, five stages), MOBA_CUDA_KBM_STAGES=5 (Q in registers, two Q buffers, five stages) */
     e = getenv("MOBA_CUDA_KBM_QREG");
-    a.qregs = e && *e == '1';
+    a.qregs = !(e && *e == '0');
+    e = getenv("MOBA_CUDA_KBM_STAGES");
+    a.qbufs = e && *e == '5' ? 2 : 1;
     if (!a.own && (a.ng == 0 || a.ptot == 0)) return MOBA_OK; /* no history anywhere */
     if (p->dtype == MOBA_DTYPE_BF16)
         return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs)
