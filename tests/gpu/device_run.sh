@@ -6,9 +6,10 @@
 #   sanitize  compute-sanitizer memcheck and racecheck on the quick subset (MOBA_GPU_TEST_QUICK=1)
 #   (test runs the default dispatch, MOBA_CUDA_NO_WGMMA=1 = portable kernel only, MOBA_CUDA_KBM=1 = every
 #   routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes, and both with
-#   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default only for B >= 1024), and that
-#   with MOBA_CUDA_KBM_PP=1 (ping-pong consumers, off by default) or MOBA_CUDA_KBM_QREG=1 (Q in registers, opt-in), that also in 1-tile passes;
-#   sanitize the default, the two smallest-pass runs and those with ping-pong and with Q in registers)
+#   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default only for B >= 1024), that with
+#   its variants: MOBA_CUDA_KBM_STAGES=5 (two Q buffers, five stages), MOBA_CUDA_KBM_QREG=0 (Q from shared
+#   memory), MOBA_CUDA_KBM_PP=1 (ping-pong consumers); sanitize the default and the smallest-pass runs of
+#   the key-block-major kernels: plain, warp-specialised, five stages, Q from shared memory)
 #   backward  test_cuda_backward (+ golden gradients; default, MOBA_CUDA_BWD_KW=1 = one warpgroup per
 #             Hopper dk/dv CTA, MOBA_CUDA_NO_WGMMA=1 = the portable kernels), its quick subset under
 #             memcheck/racecheck, and the per-kernel breakdown of one backward call for each benchmark
@@ -16,9 +17,28 @@
 #   bwdbench  bench/gpu/bench_backward.py --quick (forward+backward vs SDPA)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
+#   ab, ab2   bench/gpu/ab.py: the switch sets AB_SETS (';'-separated) on the cases AB_CASES (default 2,3);
+#             ab2 the same with AB2_SETS / AB2_CASES
 # BUILD_TARGET=name builds only that target (a short call). Each test run has a timeout (rc 124 = a hang). Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
 # as its tests/CMakeLists.txt, so tests being written elsewhere in the tree cannot break this run.
 set -u
+# the dispatch modes of test and sanitize (';'-separated switch sets; TEST_MODES / SAN_MODES replace them)
+DEFAULT_TEST_MODES="MOBA_CUDA_DEFAULT=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_NO_WGMMA=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_STAGES=5"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_STAGES=5 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PP=1"
+DEFAULT_SAN_MODES="MOBA_CUDA_DEFAULT=1"
+DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_STAGES=5 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0 MOBA_CUDA_KBM_PAIRS=1"
 OUT=${OUT:-/tmp/moba-out}
 mkdir -p "$OUT"
 phases=${*:-test sanitize bench}
@@ -45,10 +65,8 @@ echo "build ok"
 for phase in $phases; do
   case $phase in
   test)
-    for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_NO_WGMMA=1 MOBA_CUDA_KBM=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1" \
-               "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1" "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1" \
-               "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PP=1" "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=1" \
-               "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=1 MOBA_CUDA_KBM_PAIRS=1"; do
+    IFS=';' read -ra envs <<< "${TEST_MODES:-$DEFAULT_TEST_MODES}"
+    for env in "${envs[@]}"; do
       env $env timeout 150 ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
       echo "test_cuda_forward $env rc=$?" | tee -a "$OUT/tests.log"
       cat /tmp/t.log >> "$OUT/tests.log"
@@ -59,10 +77,8 @@ for phase in $phases; do
     cat /tmp/t.log >> "$OUT/tests.log"; tail -3 /tmp/t.log ;;
   sanitize)
     for tool in memcheck racecheck; do
-      for env in MOBA_CUDA_DEFAULT=1 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1" \
-                 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1" \
-                 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1 MOBA_CUDA_KBM_PP=1" \
-                 "MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1 MOBA_CUDA_KBM_QREG=1"; do
+      IFS=';' read -ra envs <<< "${SAN_MODES:-$DEFAULT_SAN_MODES}"
+      for env in "${envs[@]}"; do
         env $env MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
           ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
         echo "compute-sanitizer $tool $env rc=$?" | tee -a "$OUT/sanitize.log"
@@ -100,6 +116,11 @@ for phase in $phases; do
       env $env PYTHONUNBUFFERED=1 python3 bench/gpu/bench_forward.py --lib build/libmoba.so --quick --kinds local \
         2>/dev/null | grep "^|" | tee -a "$OUT/variants.log"
     done ;;
+  ab|ab2)
+    if [ $phase = ab ]; then cases=${AB_CASES:-2,3}; sets=${AB_SETS:-MOBA_CUDA_DEFAULT=1}
+    else cases=${AB2_CASES:-2,3}; sets=${AB2_SETS:-MOBA_CUDA_DEFAULT=1}; fi
+    timeout 300 python3 bench/gpu/ab.py --lib build/libmoba.so --cases "$cases" --sets "$sets" ${AB_ARGS:-} 2>&1 \
+      | grep -v -i warn | tee -a "$OUT/ab.log" ;;
   bench)
     PYTHONUNBUFFERED=1 python3 bench/gpu/bench_forward.py --lib build/libmoba.so ${BENCH_ARGS:-} \
       > "$OUT/bench.log" 2> "$OUT/bench.err"; echo "bench rc=$?"; tail -5 "$OUT/bench.err"; cat "$OUT/bench.log" ;;
