@@ -13,9 +13,9 @@ import statistics
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 import bench_forward as bf
+from breakdown import kernel_times
 
 
 def apply(env_set):
@@ -24,20 +24,6 @@ def apply(env_set):
     for pair in env_set.split():
         name, value = pair.split("=", 1)
         os.environ[name] = value
-
-
-def kernel_ms(fn):
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    rows = {}
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            name = e.name.split("<")[0].split("(")[0][:32]
-            rows[name] = rows.get(name, 0.0) + e.device_time / 1000
-    return rows
 
 
 def main():
@@ -69,7 +55,7 @@ def main():
                 times[s].append(bf.time_ms(fc.forward, args.reps))
                 if r == 0:
                     fc.o.fill_(float("nan"))
-                    kernels[s] = kernel_ms(fc.forward)
+                    kernels[s] = {k: t / 1000 for k, (_, t) in kernel_times(fc.forward).items()}
                     outs[s] = fc.o.float().clone()
         apply("")
         ref = outs[sets[0]]

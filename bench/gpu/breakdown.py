@@ -17,6 +17,23 @@ sys.path.insert(0, os.path.dirname(__file__))
 import bench_forward as bf  # noqa: E402
 
 
+def kernel_times(fn):
+    """GPU time of each kernel of one call of fn, after a warm-up call (torch.profiler / CUPTI):
+    {kernel name: (launches, microseconds)}."""
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            name = e.name.split("<")[0].split("(")[0][:40]
+            c, t = rows.get(name, (0, 0.0))
+            rows[name] = (c + 1, t + e.device_time)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", default="build/libmoba.so")
@@ -44,19 +61,8 @@ def main():
                                             dk.data_ptr(), dv.data_ptr(), bws.data_ptr(), ws_shown),
                      "moba_backward")
 
-    moba()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        moba()
-        torch.cuda.synchronize()
-    total = 0.0
-    rows = {}
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            name = e.name.split("<")[0].split("(")[0][:40]
-            c, t = rows.get(name, (0, 0.0))
-            rows[name] = (c + 1, t + e.device_time)
-            total += e.device_time
+    rows = kernel_times(moba)
+    total = sum(t for _, t in rows.values())
     env = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MOBA_CUDA"))
     print(f"## {args.op} {n // 1024}K H{h} B{block} top_k {topk} {args.kind} {env}: workspace {ws_shown / 2**20:.0f} MiB,"
           f" GPU kernel time {total / 1000:.3f} ms")
