@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """A/B of the CUDA backend's switches on the same inputs, in one process: the switches are read per call,
 so each set of environment variables is applied in turn, in interleaved rounds (clock and power drift hit
-every set alike). Per case and set: the median CUDA-event time of one forward call, the GPU time of each
-kernel of one call (torch.profiler), and the output's relative difference from the first set's.
+every set alike). Per case and set: the median CUDA-event time of one forward call (--op backward: one
+backward call, on the forward's o and lse), the GPU time of each kernel of one call (torch.profiler), and
+the output's (dq, dk, dv's) relative difference from the first set's.
 
     python3 bench/gpu/ab.py --lib build/libmoba.so --cases 2,3 \
-        --sets "MOBA_CUDA_KBM_QREG=0;MOBA_CUDA_KBM_QREG=1" [--kind random] [--rounds 3] [--reps 5]
-A set is space-separated NAME=VALUE pairs; sets are separated by ';'. SDPA is timed in every round too."""
+        --sets "MOBA_CUDA_KBM_QREG=0;MOBA_CUDA_KBM_QREG=1" [--kind random] [--rounds 3] [--reps 5] [--op backward]
+A set is space-separated NAME=VALUE pairs; sets are separated by ';'. SDPA is timed in every round too
+(--op backward: SDPA's backward alone, autograd on a kept forward graph)."""
 import argparse
 import os
 import statistics
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import bench_forward as bf
-from breakdown import kernel_times
+from breakdown import backward_call, kernel_times
 
 
 def apply(env_set):
@@ -34,6 +36,7 @@ def main():
     ap.add_argument("--kind", default="random")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--op", default="forward", choices=("forward", "backward"))
     args = ap.parse_args()
     lib = bf.load_lib(args.lib)
     sets = [s.strip() for s in args.sets.split(";")]
@@ -42,9 +45,18 @@ def main():
         n, h, block, topk, _ = bf.TARGETS[case]
         fc = bf.ForwardCase(lib, n, h, block, topk, args.kind)
         qd, kd, vd = (bf.sdpa_layout(x) for x in (fc.q, fc.k, fc.v))
+        if args.op == "forward":
+            def dense():
+                return F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)
+            call, outputs = fc.forward, (fc.o,)
+        else:
+            qg, kg, vg = (x.detach().requires_grad_() for x in (qd, kd, vd))
+            od = F.scaled_dot_product_attention(qg, kg, vg, is_causal=True)
+            dod = torch.randn_like(od)
 
-        def dense():
-            return F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)
+            def dense():
+                return torch.autograd.grad(od, (qg, kg, vg), dod, retain_graph=True)
+            call, _, outputs = backward_call(lib, fc)
 
         times = {s: [] for s in sets + ["SDPA"]}
         kernels, outs = {}, {}
@@ -52,17 +64,20 @@ def main():
             times["SDPA"].append(bf.time_ms(dense, args.reps))
             for s in sets:
                 apply(s)
-                times[s].append(bf.time_ms(fc.forward, args.reps))
+                if args.op == "backward":
+                    fc.forward()  # o and lse of this set's forward
+                times[s].append(bf.time_ms(call, args.reps))
                 if r == 0:
-                    fc.o.fill_(float("nan"))
-                    kernels[s] = {k: t / 1000 for k, (_, t) in kernel_times(fc.forward).items()}
-                    outs[s] = fc.o.float().clone()
+                    for x in outputs:
+                        x.fill_(float("nan"))
+                    kernels[s] = {k: t / 1000 for k, (_, t) in kernel_times(call).items()}
+                    outs[s] = [x.float().clone() for x in outputs]
         apply("")
         ref = outs[sets[0]]
-        print(f"## {n // 1024}K H{h} B{block} top_k {topk}: SDPA {statistics.median(times['SDPA']):.3f} ms")
+        print(f"## {args.op} {n // 1024}K H{h} B{block} top_k {topk}: SDPA {statistics.median(times['SDPA']):.3f} ms")
         for s in sets:
             t = statistics.median(times[s])
-            diff = ((outs[s] - ref).norm() / ref.norm()).item()
+            diff = max(((x - y).norm() / y.norm()).item() for x, y in zip(outs[s], ref))
             ks = ", ".join(f"{k} {v:.3f}" for k, v in sorted(kernels[s].items(), key=lambda x: -x[1])[:4])
             print(f"  [{s or 'default'}] call {t:.3f} ms (rounds {', '.join(f'{x:.2f}' for x in times[s])}), "
                   f"vs SDPA {statistics.median(times['SDPA']) / t:.3f}x, diff vs first {diff:.1e}; "

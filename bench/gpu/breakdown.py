@@ -34,6 +34,25 @@ def kernel_times(fn):
     return rows
 
 
+def backward_call(lib, fc):
+    """One MoBA backward call on fc's inputs, the forward's o and lse (run once here) and a random dO:
+    (the call, its workspace bytes, (dq, dk, dv) it writes)."""
+    q, k, v, o, lse, p = fc.q, fc.k, fc.v, fc.o, fc.lse, fc.p
+    n, h = q.shape[0], q.shape[1]
+    fc.forward()
+    do = torch.randn(n, h, bf.D, device="cuda", dtype=torch.bfloat16, generator=fc.gen)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    ws = bf.workspace_bytes(lib, p, bf.OP_BACKWARD)
+    bws = torch.empty(max(ws, 1), device="cuda", dtype=torch.uint8)
+
+    def call():
+        bf.check(lib, lib.moba_backward(ctypes.byref(p), do.data_ptr(), q.data_ptr(), k.data_ptr(),
+                                        v.data_ptr(), o.data_ptr(), lse.data_ptr(), dq.data_ptr(),
+                                        dk.data_ptr(), dv.data_ptr(), bws.data_ptr(), ws),
+                 "moba_backward")
+    return call, ws, (dq, dk, dv)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", default="build/libmoba.so")
@@ -44,22 +63,11 @@ def main():
     lib = bf.load_lib(args.lib)
     n, h, block, topk, _ = bf.TARGETS[args.case]
     fc = bf.ForwardCase(lib, n, h, block, topk, args.kind)
-    q, k, v, o, lse, p = fc.q, fc.k, fc.v, fc.o, fc.lse, fc.p
 
     if args.op == "forward":
         moba, ws_shown = fc.forward, fc.ws_bytes
     else:  # profile the backward alone, on the forward's o and lse
-        fc.forward()
-        do = torch.randn(n, h, bf.D, device="cuda", dtype=torch.bfloat16, generator=fc.gen)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        ws_shown = bf.workspace_bytes(lib, p, bf.OP_BACKWARD)
-        bws = torch.empty(max(ws_shown, 1), device="cuda", dtype=torch.uint8)
-
-        def moba():
-            bf.check(lib, lib.moba_backward(ctypes.byref(p), do.data_ptr(), q.data_ptr(), k.data_ptr(),
-                                            v.data_ptr(), o.data_ptr(), lse.data_ptr(), dq.data_ptr(),
-                                            dk.data_ptr(), dv.data_ptr(), bws.data_ptr(), ws_shown),
-                     "moba_backward")
+        moba, ws_shown, _ = backward_call(lib, fc)
 
     rows = kernel_times(moba)
     total = sum(t for _, t in rows.values())

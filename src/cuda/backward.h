@@ -30,6 +30,11 @@ struct BwdArgs {
 /* Hopper dk/dv kernel (backward_sm90.cu), with dq fused (atomics) when fuse_dq; only where
  * moba_cuda_hopper() (forward.h) says so. */
 moba_status moba_cuda_dkdv_sm90(const moba_call *c, const BwdArgs &a, bool fuse_dq);
+/* The warp-specialised Hopper dk/dv kernel with dq fused (backward_ws.cu): applies to d = 128, blocks of
+ * >= 128 keys, the fused mode, unless MOBA_CUDA_BWD_WS=0 or MOBA_CUDA_BWD_KW=1; only where
+ * moba_cuda_hopper() says so. */
+bool moba_cuda_dkdv_ws_applies(const moba_call *c, bool fuse_dq);
+moba_status moba_cuda_dkdv_ws(const moba_call *c, const BwdArgs &a);
 
 #ifdef __CUDACC__
 
@@ -134,6 +139,25 @@ __device__ __forceinline__ void bwd_row_meta(const BwdArgs &a, const BwdRowCurso
         s_pos[tid] = t >= 0 ? (int)(t - seq0) : -1;
         cp_async4(s_lse + tid, a.lse + at, t >= 0);
         cp_async4(s_dlt + tid, a.delta + at, t >= 0);
+    }
+}
+
+/* Gathers rows row_of(0..R) of one head of q and dO ([total][H][D], row stride `stride`) into two
+ * swizzled [R x D] tiles (sm90.h's layout, which
+ * both Hopper dk/dv kernels read); row -1 -> zeros. */
+template <int D, int R, int THREADS, typename T, class RowOf>
+__device__ __forceinline__ void gather_sw128(char *sa, char *sb, const T *ga, const T *gb, RowOf &&row_of,
+                                             int64_t stride, int tid) {
+    constexpr int chunks = D / 8, step = THREADS / chunks;
+    static_assert(step % 8 == 0 && R % step == 0, "tile shape");
+    const int col8 = tid % chunks, r0 = tid / chunks;
+    const int off = (col8 / 8) * (R * 128) + r0 * 128 + (((col8 % 8) ^ (r0 & 7)) << 4);
+#pragma unroll
+    for (int p = 0; p < R / step; p++) {
+        const int t = row_of(r0 + p * step);
+        const int64_t g = t >= 0 ? (int64_t)t * stride + col8 * 8 : 0;
+        moba_cp_async16(sa + off + p * step * 128, ga + g, t >= 0);
+        moba_cp_async16(sb + off + p * step * 128, gb + g, t >= 0);
     }
 }
 

@@ -18,24 +18,6 @@
 #include "backward.h"
 #include "sm90.h"
 
-/* Gathers rows row_of(0..R) of one head of q and dO ([total][H][D], row stride `stride`) into two
- * swizzled [R x D] tiles (sm90.h's layout); row -1 -> zeros. */
-template <int D, int R, int THREADS, typename T, class RowOf>
-__device__ __forceinline__ void gather_sw128(char *sa, char *sb, const T *ga, const T *gb, RowOf &&row_of,
-                                             int64_t stride, int tid) {
-    constexpr int chunks = D / 8, step = THREADS / chunks;
-    static_assert(step % 8 == 0 && R % step == 0, "tile shape");
-    const int col8 = tid % chunks, r0 = tid / chunks;
-    const int off = (col8 / 8) * (R * 128) + r0 * 128 + (((col8 % 8) ^ (r0 & 7)) << 4);
-#pragma unroll
-    for (int p = 0; p < R / step; p++) {
-        const int t = row_of(r0 + p * step);
-        const int64_t g = t >= 0 ? (int64_t)t * stride + col8 * 8 : 0;
-        moba_cp_async16(sa + off + p * step * 128, ga + g, t >= 0);
-        moba_cp_async16(sb + off + p * step * 128, gb + g, t >= 0);
-    }
-}
-
 template <typename T, int D, bool FUSE_DQ, int KW>
 __global__ void __launch_bounds__(128 * KW, 2 / KW) dkdv_sm90_kernel(BwdArgs a) {
 #ifdef MOBA_WGMMA

@@ -276,22 +276,6 @@ __global__ void __launch_bounds__(SM90_THREADS, 2) kbm_attend_kernel(KbmArgs a) 
 #endif
 }
 
-/* mbarrier helpers (shared::cta): init by one thread, arrive, and wait for the phase of a given parity. */
-__device__ __forceinline__ void mbar_init(uint64_t *bar, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(moba_smem_addr(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(moba_smem_addr(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
-    asm volatile("{\n"
-                 ".reg .pred done;\n"
-                 "WAIT_%=:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-                 "@!done bra WAIT_%=;\n"
-                 "}\n" ::"r"(moba_smem_addr(bar)), "r"(parity) : "memory");
-}
-
 /* Warp-specialised version (the default for B >= 1024; MOBA_CUDA_KBM_WS=1/0 forces it on/off). A persistent CTA of three
  * warpgroups per SM walks its tiles' chunks as one stream of items: warpgroup 0 only loads (K/V into a KBM_WS_STAGES ring, a
  * tile's Q with its first chunk into one of NQ Q buffers), waits for its own copies one item behind,

@@ -1,12 +1,13 @@
-# Writes wgmma_ops.inc (the wgmma inline-asm wrappers of forward_sm90.cu): python3 gen_wgmma_ops.py
-def ss(n, ty, tyname):
+# Writes wgmma_ops.inc (the wgmma inline-asm wrappers of the sm_90 kernels, sm90.h): python3 gen_wgmma_ops.py
+def ss(n, ty, tyname, name="ss", trans="0, 0"):
+    """A and B from descriptors; trans: the imm-trans-a, imm-trans-b flags (1 = MN-major)."""
     nreg = n // 2
     regs = ", ".join(f"%{i}" for i in range(nreg))
     cons = ", ".join(f'"+f"(d[{i}])' for i in range(nreg))
-    return f'''__device__ __forceinline__ void wgmma_ss_n{n}_{tyname}(float *d, uint64_t da, uint64_t db, int scale_d) {{
+    return f'''__device__ __forceinline__ void wgmma_{name}_n{n}_{tyname}(float *d, uint64_t da, uint64_t db, int scale_d) {{
     asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{nreg+2}, 0;\\n"
                  "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} "
-                 "{{{regs}}}, %{nreg}, %{nreg+1}, p, 1, 1, 0, 0;\\n}}\\n"
+                 "{{{regs}}}, %{nreg}, %{nreg+1}, p, 1, 1, {trans};\\n}}\\n"
                  : {cons}
                  : "l"(da), "l"(db), "r"(scale_d));
 }}
@@ -37,10 +38,12 @@ def rsk(n, ty, tyname):
 '''
 out = ["/* wgmma m64nNk16 wrappers, fp32 accumulate; generated (one line per register is all they differ in).",
        " * ss: A and B from shared-memory descriptors, both K-major; d = A B (+ d when scale_d != 0).",
+       " * sst: A and B from shared-memory descriptors, both MN-major (transposed); d = A B (+ d when scale_d != 0).",
        " * rs: A from registers, B from a descriptor, MN-major (transposed); d += A B.",
        " * rsk: A from registers, B from a descriptor, K-major; d = A B (+ d when scale_d != 0). */"]
 for ty, nm in (("bf16", "bf16"), ("f16", "f16")):
     out.append(ss(64, ty, nm))
+    out.append(ss(64, ty, nm, "sst", "1, 1"))
     out.append(rs(64, ty, nm))
     out.append(rsk(64, ty, nm))
     out.append(rs(128, ty, nm))

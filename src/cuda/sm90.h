@@ -51,6 +51,22 @@ __device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t off16) {
     return (d & 0xffffffff00000000ull) | (uint32_t)((uint32_t)d + off16);
 }
 
+/* mbarrier helpers (shared::cta): init by one thread, arrive, and wait for the phase of a given parity. */
+__device__ __forceinline__ void mbar_init(uint64_t *bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(moba_smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(moba_smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
+    asm volatile("{\n"
+                 ".reg .pred done;\n"
+                 "WAIT_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra WAIT_%=;\n"
+                 "}\n" ::"r"(moba_smem_addr(bar)), "r"(parity) : "memory");
+}
+
 #ifdef MOBA_WGMMA
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit_wait() {
@@ -65,12 +81,14 @@ template <int N> __device__ __forceinline__ void fence_regs(float *r) {
 template <typename T> struct wg;
 template <> struct wg<__nv_bfloat16> {
     static __device__ __forceinline__ void ss64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_ss_n64_bf16(d, a, b, acc); }
+    static __device__ __forceinline__ void sst64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_sst_n64_bf16(d, a, b, acc); }
     static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_bf16(d, a, b); }
     static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_bf16(d, a, b); }
     static __device__ __forceinline__ void rsk64(float *d, const uint32_t *a, uint64_t b, int acc) { wgmma_rsk_n64_bf16(d, a, b, acc); }
 };
 template <> struct wg<__half> {
     static __device__ __forceinline__ void ss64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_ss_n64_f16(d, a, b, acc); }
+    static __device__ __forceinline__ void sst64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_sst_n64_f16(d, a, b, acc); }
     static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_f16(d, a, b); }
     static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_f16(d, a, b); }
     static __device__ __forceinline__ void rsk64(float *d, const uint32_t *a, uint64_t b, int acc) { wgmma_rsk_n64_f16(d, a, b, acc); }

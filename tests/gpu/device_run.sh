@@ -10,10 +10,11 @@
 #   its variants: MOBA_CUDA_KBM_STAGES=5 (two Q buffers, five stages), MOBA_CUDA_KBM_QREG=0 (Q from shared
 #   memory), MOBA_CUDA_KBM_PP=1 (ping-pong consumers); sanitize the default and the smallest-pass runs of
 #   the key-block-major kernels: plain, warp-specialised, five stages, Q from shared memory)
-#   backward  test_cuda_backward (+ golden gradients; default, MOBA_CUDA_BWD_KW=1 = one warpgroup per
-#             Hopper dk/dv CTA, MOBA_CUDA_NO_WGMMA=1 = the portable kernels), its quick subset under
-#             memcheck/racecheck, and the per-kernel breakdown of one backward call for each benchmark
-#             case (random, local; two cases also with the other two kernels)
+#   backward  test_cuda_backward (+ golden gradients; default, MOBA_CUDA_BWD_WS=0 = the Hopper dk/dv kernel
+#             before the warp-specialised one, MOBA_CUDA_BWD_KW=1 = that with one warpgroup per CTA,
+#             MOBA_CUDA_NO_WGMMA=1 = the portable kernels), its quick subset under memcheck/racecheck, and
+#             the per-kernel breakdown of one backward call for each benchmark case (random, local; two
+#             cases also with the other kernels; BWD_NO_BREAKDOWN=1 skips these)
 #   bwdbench  bench/gpu/bench_backward.py --quick (forward+backward vs SDPA)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
@@ -39,6 +40,8 @@ DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_STAGES=5 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0 MOBA_CUDA_KBM_PAIRS=1"
+# the dispatch modes of backward (BWD_MODES replaces them; BWD_SAN_MODES: its sanitizer runs, default only)
+DEFAULT_BWD_MODES="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_BWD_WS=0;MOBA_CUDA_BWD_KW=1;MOBA_CUDA_NO_WGMMA=1"
 OUT=${OUT:-/tmp/moba-out}
 mkdir -p "$OUT"
 phases=${*:-test sanitize bench}
@@ -87,22 +90,25 @@ for phase in $phases; do
       done
     done ;;
   backward)
-    for env in MOBA_CUDA_DEFAULT=1 MOBA_CUDA_BWD_KW=1 MOBA_CUDA_NO_WGMMA=1; do
+    IFS=';' read -ra envs <<< "${BWD_MODES:-$DEFAULT_BWD_MODES}"
+    for env in "${envs[@]}"; do
       env $env timeout 200 ./build/tests/gpu/test_cuda_backward "$ROOT/.golden" > /tmp/t.log 2>&1
       echo "test_cuda_backward $env rc=$?" | tee -a "$OUT/backward.log"
       cat /tmp/t.log >> "$OUT/backward.log"; grep -E "FAILED|worst|passed|golden" /tmp/t.log | head -12
     done
-    for tool in memcheck racecheck; do
-      MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
+    IFS=';' read -ra envs <<< "${BWD_SAN_MODES:-MOBA_CUDA_DEFAULT=1}"
+    for tool in memcheck racecheck; do for env in "${envs[@]}"; do
+      env $env MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
         ./build/tests/gpu/test_cuda_backward "$ROOT/.golden" > /tmp/t.log 2>&1
-      echo "compute-sanitizer $tool backward rc=$?" | tee -a "$OUT/backward.log"
+      echo "compute-sanitizer $tool backward $env rc=$?" | tee -a "$OUT/backward.log"
       cat /tmp/t.log >> "$OUT/backward.log"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED" /tmp/t.log | head -5
-    done
+    done; done
+    [ -n "${BWD_NO_BREAKDOWN:-}" ] && continue
     for c in 0 1 2 3; do for kind in random local; do
       python3 bench/gpu/breakdown.py --lib build/libmoba.so --case $c --kind $kind --op backward 2>&1 | head -14 \
         | grep -v -i warn | tee -a "$OUT/bwd_breakdown.log"
     done; done
-    for c in 0 3; do for env in MOBA_CUDA_BWD_KW=1 MOBA_CUDA_NO_WGMMA=1; do  # one warpgroup per CTA; portable
+    for c in 0 3; do for env in MOBA_CUDA_BWD_WS=0 MOBA_CUDA_BWD_KW=1 MOBA_CUDA_NO_WGMMA=1; do  # the other kernels
       env $env python3 bench/gpu/breakdown.py --lib build/libmoba.so --case $c --kind random --op backward \
         2>&1 | head -6 | grep -v -i warn | tee -a "$OUT/bwd_breakdown.log"
     done; done ;;

@@ -1,0 +1,268 @@
+/*
+ * Warp-specialised Hopper dk/dv kernel of the backward, dq fused (the default mode) - the default for
+ * d = 128 and blocks of >= 128 keys; MOBA_CUDA_BWD_WS=0 gives backward_sm90.cu's kernel instead.
+ * One CTA = 128 keys of one block (a 128-row layout tile) and one kv head; three warpgroups:
+ *   warpgroup 0, the producer, walks the rows that selected the block (BwdRowCursor, over the q heads
+ *     of the group) and gathers each chunk of 64 rows - q and dO in sm90.h's swizzled layout, token,
+ *     position, lse, D - into a ring of BWS_STAGES stages by cp.async. Once a stage's copies have
+ *     landed it arrives on the stage's "full" mbarrier; after the last chunk it publishes a stage with
+ *     head -1. It never waits for the consumers except for a free stage ("empty").
+ *   warpgroups 1 and 2, the consumers, hold dk and dv of 64 keys each in registers. Per chunk:
+ *     S^T = K Q^T, dP^T = V dO^T                  (both operands from shared memory)
+ *     P^T = exp(s S^T - lse) masked                (computed while dP^T is still running)
+ *     dS^T = P^T (dP^T - D)
+ *     dV += P^T dO, dK += dS^T Q                   (A from registers)
+ *     dS^T -> shared memory as [keys][rows] (double-buffered), one named barrier between the two
+ *     dq[:, 64 w ..] = dS K[:, 64 w ..]            (both operands from shared memory, transposed: no
+ *                                                   fragments, no spills)
+ *     wait, release the stage, dq_acc += dq (float2 atomics, as backward_sm90.cu).
+ * What it changes against backward_sm90.cu: the gathers run on their own warps, up to two chunks
+ * ahead, instead of between the products; no CTA-wide barrier in the loop; the consumers get 232
+ * registers (setmaxnreg). Every product, weight and sum is the one that kernel computes, in the same
+ * order (heads, then rows ascending), so dk and dv stay bitwise equal to the deterministic mode's.
+ */
+#include <stdlib.h>
+
+#include "backward.h"
+#include "sm90.h"
+
+#define BWS_THREADS 384
+#define BWS_STAGES 3           /* 3 x 32 KiB of gathered q / dO beside 64 KiB of K, V and 32 KiB of dS */
+#define BWS_DQ_LD 72           /* row stride (floats) of the bulk variant's dq tiles: 64-bit stores without conflicts */
+#define BWS_PRODUCER_REGS 40   /* 40 * 128 + 232 * 256 = the 168 * 384 registers of the launch */
+#define BWS_CONSUMER_REGS 232
+
+/* A stage's per-row data (the chunk's 64 rows), and its q head (-1: no chunk left). */
+struct BwsMeta {
+    int32_t rows[64], pos[64];
+    float lse[64], dlt[64];
+    int32_t head, pad[3];
+};
+
+/* NS stages; NDS dS^T buffers (1: the consumers sync once more per chunk, before overwriting it);
+ * BULK: each warp puts its 16 rows x 64 columns of dq into shared memory and its lanes add them to
+ * dq_acc with one bulk reduction (cp.reduce.async.bulk) of 256 bytes per row, instead of 16 float2
+ * atomics per thread. */
+template <typename T, int D, int NS, int NDS, bool BULK>
+__global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
+#ifdef MOBA_WGMMA
+    static_assert(D == 128, "two consumers of 64 keys, each 64 of dq's columns");
+    /* rows per chunk; keys per CTA; stages; bytes of a gathered [64 x D] tile, of K (or V), of dS^T */
+    constexpr int RC = 64, KN = 128, TB = RC * D * 2, KVB = KN * D * 2, DSB = KN * RC * 2;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    char *sK = smem, *sV = sK + KVB, *sQ = sV + KVB, *sO = sQ + NS * TB, *sDS = sO + NS * TB; /* sDS: [NDS] */
+    uint64_t *full = reinterpret_cast<uint64_t *>(sDS + NDS * DSB), *empty = full + NS;
+    BwsMeta *meta = reinterpret_cast<BwsMeta *>(empty + NS);
+    float *sDQ = reinterpret_cast<float *>(meta + NS); /* BULK: [2 warpgroups][64 rows][BWS_DQ_LD] */
+
+    const FwdArgs &f = a.f;
+    const BwdKeyTile kt = bwd_key_tile(f, f.dl.ftiles);
+    const int hk = blockIdx.y, tid = threadIdx.x, wgi = __shfl_sync(0xffffffffu, tid / 128, 0);
+    if (tid == 0) {
+        for (int i = 0; i < NS; i++) {
+            mbar_init(&full[i], 128);
+            mbar_init(&empty[i], 256);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wgi == 0) { /* producer */
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(BWS_PRODUCER_REGS));
+        const int64_t kv_off = (kt.tile.row_begin * f.Hkv + hk) * D;
+        load_sw128<D, KN, T, 128>(sK, reinterpret_cast<const T *>(f.k) + kv_off, (int64_t)f.Hkv * D, kt.nkeys, tid);
+        load_sw128<D, KN, T, 128>(sV, reinterpret_cast<const T *>(f.v) + kv_off, (int64_t)f.Hkv * D, kt.nkeys, tid);
+        moba_cp_async_commit(); /* complete before chunk 0 is signalled */
+        const T *qg = reinterpret_cast<const T *>(f.q), *og = reinterpret_cast<const T *>(a.dout);
+        auto signal = [&](int st) { /* this thread's copies into stage st have landed */
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+            mbar_arrive(&full[st]);
+        };
+        BwdRowCursor cur = {};
+        cur.start<RC>(a, kt.tile, hk, kt.seq0, kt.len);
+        int st = 0, ph = 0, prev = -1, n = 0;
+        for (; cur.gi < f.group; n++) {
+            if (n >= NS) mbar_wait(&empty[st], ph ^ 1);
+            const int h = hk * f.group + cur.gi;
+            BwsMeta &m = meta[st];
+            bwd_row_meta<RC>(a, cur, h, kt.seq0, m.rows, m.pos, m.lse, m.dlt, tid);
+            if (tid == 0) m.head = h;
+            gather_sw128<D, RC, 128>(sQ + st * TB, sO + st * TB, qg + (int64_t)h * D, og + (int64_t)h * D,
+                                     [&](int r) { return cur.row(r); }, (int64_t)f.Hq * D, tid);
+            moba_cp_async_commit();
+            if (prev >= 0) { /* the previous chunk (and K, V) have landed */
+                moba_cp_async_wait<1>();
+                signal(prev);
+            }
+            prev = st;
+            if (++st == NS) st = 0, ph ^= 1;
+            cur.next<RC>(a, kt.tile, hk, kt.seq0, kt.len);
+        }
+        if (n >= NS) mbar_wait(&empty[st], ph ^ 1);
+        if (tid == 0) meta[st].head = -1; /* the end */
+        moba_cp_async_wait<0>();
+        if (prev >= 0) signal(prev);
+        signal(st);
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(BWS_CONSUMER_REGS));
+    const int ctid = tid - 128, cw = wgi - 1, warp = ctid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    const int wwarp = warp % 4, key0 = warp * 16; /* keys key0 + g (+ 8) of the CTA's 128; rows of dq: 16 wwarp.. */
+    float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[nt][e] = dv[nt][e] = 0.0f;
+    /* descriptors: this warpgroup's 64 keys of K and V (A of S^T, dP^T), stage 0's q and dO tiles (B of
+     * S^T, dP^T; B of dK, dV), dS^T buffer 0 (A of dq), K's columns 64 cw.. (B of dq) */
+    const uint64_t kA = sw128_desc(sK + cw * 64 * 128, 16, 1024), vA = sw128_desc(sV + cw * 64 * 128, 16, 1024);
+    const uint64_t qB = sw128_desc(sQ, 16, 1024), oB = sw128_desc(sO, 16, 1024);
+    const uint64_t qT = sw128_desc(sQ, RC * 128, 1024), oT = sw128_desc(sO, RC * 128, 1024);
+    const uint64_t dsA = sw128_desc(sDS, KN * 128, 1024), kT = sw128_desc(sK + cw * (KN * 128), KN * 128, 1024);
+    const float sl2 = f.scale_log2, log2e = 1.4426950408889634f;
+    const int kq = kt.kpos0 + key0 + g; /* position of this lane's first key */
+    const bool kv0 = key0 + g < kt.nkeys, kv1 = key0 + g + 8 < kt.nkeys;
+    int st = 0, ph = 0;
+    for (int n = 0;; n++) {
+        mbar_wait(&full[st], ph);
+        const BwsMeta &m = meta[st];
+        const int h = m.head;
+        if (h < 0) break;
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        const uint32_t so = (uint32_t)(st * TB) >> 4;
+        /* the descriptors (and g below) made opaque in every iteration: otherwise the compiler hoists
+         * each product step's descriptor and each dS address out of the loop and spills them */
+        uint64_t kA_ = kA, vA_ = vA, qB_ = qB, oB_ = oB, qT_ = qT, oT_ = oT, dsA_ = dsA, kT_ = kT;
+        int g_ = g;
+        asm volatile("" : "+l"(kA_), "+l"(vA_), "+l"(qB_), "+l"(oB_), "+l"(qT_), "+l"(oT_), "+l"(dsA_), "+l"(kT_),
+                     "+r"(g_));
+        float s[RC / 8][4], dp[RC / 8][4]; /* keys (this warp's 16) x rows */
+        sm90_issue_s_desc<T, D, RC, KN>(kA_, desc_add(qB_, so), s);
+        sm90_issue_s_desc<T, D, RC, KN>(vA_, desc_add(oB_, so), dp);
+        wg_wait<0>();
+        fence_regs<RC / 2>(&s[0][0]);
+        fence_regs<RC / 2>(&dp[0][0]);
+        /* P^T: row m = nt * 8 + 2c + (e & 1), key g + 8 (e >> 1) of this warp's 16 */
+#pragma unroll
+        for (int nt = 0; nt < RC / 8; nt++) {
+            const int m0 = nt * 8 + 2 * c;
+            const float2 l2 = *reinterpret_cast<const float2 *>(m.lse + m0);
+            const int2 p2 = *reinterpret_cast<const int2 *>(m.pos + m0);
+            const float nl[2] = {-l2.x * log2e, -l2.y * log2e};
+            const int pos[2] = {p2.x, p2.y};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const bool keep = (e >> 1 ? kv1 : kv0) && pos[e & 1] >= kq + 8 * (e >> 1);
+                s[nt][e] = keep ? moba_exp2(fmaf(s[nt][e], sl2, nl[e & 1])) : 0.0f;
+            }
+        }
+        uint32_t pa[RC / 16][4], dsa[RC / 16][4];
+        pack_p<T>(s, pa);
+#pragma unroll
+        for (int nt = 0; nt < RC / 8; nt++) {
+            const float2 d2 = *reinterpret_cast<const float2 *>(m.dlt + nt * 8 + 2 * c);
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[nt][e] *= dp[nt][e] - (e & 1 ? d2.y : d2.x);
+        }
+        pack_p<T>(s, dsa);
+        sm90_issue_pv_desc<T, D, RC>(desc_add(oT_, so), dv, pa);  /* dV += P^T dO */
+        sm90_issue_pv_desc<T, D, RC>(desc_add(qT_, so), dk, dsa); /* dK += dS^T Q */
+        /* dS^T into buffer n % NDS as [128 keys][64 rows], 128-byte lines swizzled like every tile here:
+         * dsa[kk][j] holds key g + 8 (j & 1), rows 16 kk + 8 (j >> 1) + 2c, +1 - one 4-byte word.
+         * One buffer: both consumers' dq products of the previous chunk must be done with it. */
+        const int dsb = NDS == 1 ? 0 : n & 1;
+        char *ds_buf = sDS + dsb * DSB;
+        if (NDS == 1 && n > 0) asm volatile("bar.sync 2, 256;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < RC / 16; kk++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int line = key0 + g_ + 8 * (j & 1);
+                *reinterpret_cast<uint32_t *>(ds_buf + line * 128 + (((2 * kk + (j >> 1)) ^ g_) << 4) + 4 * c) =
+                    dsa[kk][j];
+            }
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* generic writes, read by wgmma */
+        asm volatile("bar.sync 1, 256;\n" ::: "memory");               /* both halves of dS^T written */
+        float q[8][4];
+        {
+            const uint64_t da = desc_add(dsA_, (uint32_t)(dsb * DSB) >> 4);
+            fence_regs<32>(&q[0][0]);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < KN / 16; kk++)
+                wg<T>::sst64(&q[0][0], desc_add(da, (kk * 2048) >> 4), desc_add(kT_, (kk * 2048) >> 4), kk > 0);
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        }
+        const int32_t t[2] = {m.rows[wwarp * 16 + g], m.rows[wwarp * 16 + g + 8]};
+        const int32_t t_lane = BULK && lane < 16 ? m.rows[wwarp * 16 + lane] : -1;
+        wg_wait<0>();
+        fence_regs<32>(&q[0][0]);
+        fence_regs<D / 2>(&dv[0][0]);
+        fence_regs<D / 2>(&dk[0][0]);
+        mbar_arrive(&empty[st]); /* q, dO and the row data of this stage are no longer read */
+        if (!BULK) {
+            dq_atomic_add<D>(a, q, t, h, cw * 64, c);
+        } else {
+            float *rows = sDQ + (cw * 64 + wwarp * 16) * BWS_DQ_LD; /* this warp's 16 rows */
+            if (n > 0 && lane < 16) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+            __syncwarp(); /* the previous chunk's reductions have read the tile */
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                    *reinterpret_cast<float2 *>(rows + (g + 8 * r) * BWS_DQ_LD + nt * 8 + 2 * c) =
+                        make_float2(q[nt][2 * r], q[nt][2 * r + 1]);
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* read by the bulk copies */
+            __syncwarp();
+            if (t_lane >= 0) {
+                float *dst = a.dq_acc + ((int64_t)t_lane * f.Hq + h) * D + cw * 64;
+                asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 256;\n"
+                             "cp.async.bulk.commit_group;\n" ::"l"(dst),
+                             "r"(moba_smem_addr(rows + lane * BWS_DQ_LD))
+                             : "memory");
+            }
+        }
+        if (++st == NS) st = 0, ph ^= 1;
+    }
+    if (BULK) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    store_dkdv<T, D>(a, kt.tile, hk, kt.nkeys, dk, dv, warp, lane);
+#else
+    __trap(); /* built for another target: the host never launches it there */
+#endif
+}
+
+template <typename T, int NS, int NDS, bool BULK>
+static moba_status launch(const moba_call *c, const BwdArgs &a) {
+    const moba_params *p = c->p;
+    constexpr int D = 128;
+    const size_t smem = 1024 + 2 * (128 * D * 2) + 2 * NS * (64 * D * 2) + NDS * (128 * 64 * 2) +
+                        2 * NS * sizeof(uint64_t) + NS * sizeof(BwsMeta) + (BULK ? 128 * BWS_DQ_LD * sizeof(float) : 0);
+    const dim3 grid((unsigned)a.f.dl.num_ftiles, p->num_kv_heads);
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_ws_kernel<T, D, NS, NDS, BULK>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dkdv_ws_kernel<T, D, NS, NDS, BULK><<<grid, BWS_THREADS, smem, (cudaStream_t)p->cuda_stream>>>(a);
+    MOBA_CUDA_LAUNCHED();
+    return MOBA_OK;
+}
+
+/* MOBA_CUDA_BWD_WS_DQ=bulk: the bulk-reduction variant (one dS^T buffer: its dq tiles take the
+ * second's room); MOBA_CUDA_BWD_WS_STAGES=4: four stages, one dS^T buffer, atomics */
+template <typename T>
+static moba_status launch_variant(const moba_call *c, const BwdArgs &a) {
+    const char *dq = getenv("MOBA_CUDA_BWD_WS_DQ"), *ns = getenv("MOBA_CUDA_BWD_WS_STAGES");
+    if (dq && *dq == 'b') return launch<T, 3, 1, true>(c, a);
+    if (ns && *ns == '4') return launch<T, 4, 1, false>(c, a);
+    return launch<T, BWS_STAGES, 2, false>(c, a);
+}
+
+bool moba_cuda_dkdv_ws_applies(const moba_call *c, bool fuse_dq) {
+    const char *e = getenv("MOBA_CUDA_BWD_WS"), *kw = getenv("MOBA_CUDA_BWD_KW");
+    if ((e && *e == '0') || (kw && *kw == '1')) return false;
+    return fuse_dq && c->p->head_dim == 128 && c->p->block_size >= 128;
+}
+
+moba_status moba_cuda_dkdv_ws(const moba_call *c, const BwdArgs &a) {
+    return c->p->dtype == MOBA_DTYPE_BF16 ? launch_variant<__nv_bfloat16>(c, a) : launch_variant<__half>(c, a);
+}
