@@ -247,8 +247,10 @@ static moba_status launch(const moba_call *c, const BwdArgs &a) {
     return MOBA_OK;
 }
 
-/* MOBA_CUDA_BWD_WS_DQ=bulk: the bulk-reduction variant (one dS^T buffer: its dq tiles take the
- * second's room); MOBA_CUDA_BWD_WS_STAGES=4: four stages, one dS^T buffer, atomics */
+/* Variants for measurement (docs/cuda-backward.md, v7): MOBA_CUDA_BWD_WS_DQ=bulk: bulk reduction of dq
+ * (one dS^T buffer: its dq tiles take the second's room); MOBA_CUDA_BWD_WS_STAGES=4: four stages, one
+ * dS^T buffer, atomics. Bulk reduction ran beside two stages (tests, sanitizers, timings); these two
+ * forms compile but have not run on a GPU yet. */
 template <typename T>
 static moba_status launch_variant(const moba_call *c, const BwdArgs &a) {
     const char *dq = getenv("MOBA_CUDA_BWD_WS_DQ"), *ns = getenv("MOBA_CUDA_BWD_WS_STAGES");
