@@ -9,10 +9,10 @@
  *     head -1. It never waits for the consumers except for a free stage ("empty").
  *   warpgroups 1 and 2, the consumers, hold dk and dv of 64 keys each in registers. Per chunk:
  *     S^T = K Q^T, dP^T = V dO^T                  (both operands from shared memory)
- *     P^T = exp(s S^T - lse) masked                (computed while dP^T is still running)
- *     dS^T = P^T (dP^T - D)
+ *     P^T = exp(s S^T - lse) masked                (after both: computing P^T while dP^T runs, with
+ *     dS^T = P^T (dP^T - D)                         dV issued early, spilled ~350 bytes more)
  *     dV += P^T dO, dK += dS^T Q                   (A from registers)
- *     dS^T -> shared memory as [keys][rows] (double-buffered), one named barrier between the two
+ *     dS^T -> shared memory as [keys][rows] (two buffers), one named barrier between the two
  *     dq[:, 64 w ..] = dS K[:, 64 w ..]            (both operands from shared memory, transposed: no
  *                                                   fragments, no spills)
  *     wait, release the stage, dq_acc += dq (float2 atomics, as backward_sm90.cu).
