@@ -10,9 +10,10 @@
 #   its variants: MOBA_CUDA_KBM_STAGES=5 (two Q buffers, five stages), MOBA_CUDA_KBM_QREG=0 (Q from shared
 #   memory), MOBA_CUDA_KBM_PP=1 (ping-pong consumers); sanitize the default and the smallest-pass runs of
 #   the key-block-major kernels: plain, warp-specialised, five stages, Q from shared memory)
-#   backward  test_cuda_backward (+ golden gradients; default, MOBA_CUDA_BWD_WS=0 = the Hopper dk/dv kernel
-#             before the warp-specialised one, MOBA_CUDA_BWD_KW=1 = that with one warpgroup per CTA,
-#             MOBA_CUDA_NO_WGMMA=1 = the portable kernels), its quick subset under memcheck/racecheck, and
+#   backward  test_cuda_backward (+ golden gradients; default, the warp-specialised kernel's variants
+#             MOBA_CUDA_BWD_WS_DQ=bulk and MOBA_CUDA_BWD_WS_STAGES=4, MOBA_CUDA_BWD_WS=0 = the Hopper dk/dv
+#             kernel before it, MOBA_CUDA_BWD_KW=1 = that with one warpgroup per CTA, MOBA_CUDA_NO_WGMMA=1 =
+#             the portable kernels), its quick subset under memcheck/racecheck (the first three), and
 #             the per-kernel breakdown of one backward call for each benchmark case (random, local; two
 #             cases also with the other kernels; BWD_NO_BREAKDOWN=1 skips these)
 #   bwdbench  bench/gpu/bench_backward.py --quick (forward+backward vs SDPA)
@@ -40,8 +41,11 @@ DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_STAGES=5 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0 MOBA_CUDA_KBM_PAIRS=1"
-# the dispatch modes of backward (BWD_MODES replaces them; BWD_SAN_MODES: its sanitizer runs, default only)
-DEFAULT_BWD_MODES="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_BWD_WS=0;MOBA_CUDA_BWD_KW=1;MOBA_CUDA_NO_WGMMA=1"
+# the dispatch modes of backward (BWD_MODES replaces them) and of its sanitizer runs (BWD_SAN_MODES): the
+# default, the warp-specialised kernel's variants (bulk dq, four stages), the kernels before it
+DEFAULT_BWD_MODES="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_BWD_WS_DQ=bulk;MOBA_CUDA_BWD_WS_STAGES=4;MOBA_CUDA_BWD_WS=0"
+DEFAULT_BWD_MODES+=";MOBA_CUDA_BWD_KW=1;MOBA_CUDA_NO_WGMMA=1"
+DEFAULT_BWD_SAN_MODES="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_BWD_WS_DQ=bulk;MOBA_CUDA_BWD_WS_STAGES=4"
 OUT=${OUT:-/tmp/moba-out}
 mkdir -p "$OUT"
 phases=${*:-test sanitize bench}
@@ -96,7 +100,7 @@ for phase in $phases; do
       echo "test_cuda_backward $env rc=$?" | tee -a "$OUT/backward.log"
       cat /tmp/t.log >> "$OUT/backward.log"; grep -E "FAILED|worst|passed|golden" /tmp/t.log | head -12
     done
-    IFS=';' read -ra envs <<< "${BWD_SAN_MODES:-MOBA_CUDA_DEFAULT=1}"
+    IFS=';' read -ra envs <<< "${BWD_SAN_MODES:-$DEFAULT_BWD_SAN_MODES}"
     for tool in memcheck racecheck; do for env in "${envs[@]}"; do
       env $env MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
         ./build/tests/gpu/test_cuda_backward "$ROOT/.golden" > /tmp/t.log 2>&1

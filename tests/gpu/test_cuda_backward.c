@@ -3,12 +3,14 @@
  *
  * For every head dim x dtype x (one sequence | varlen with partial blocks and a length-1 sequence)
  * x (MHA | GQA | MQA) x block size, top_k 3 (routed), plus top_k 1 (own block only), 7, 40 and
- * "more than every block" (full causal attention), on fresh random inputs:
+ * "more than every block" (full causal attention), plus d = 128 with blocks of several 128-key tiles
+ * (256, and 208: not a multiple of 128), on fresh random inputs:
  *   sel = moba_route, (o, lse) = moba_forward, then dq, dk, dv = moba_backward on the GPU with the
  *   outputs poisoned first (every element must be written);
  *   |x - ref_backward_sel(sel)| / |ref| < 2.5e-2 (bf16) or 4e-3 (f16) for x = dq, dk, dv, both for the
  *   default mode (dq summed with atomics in the dk/dv pass) and for deterministic = 1 (a separate dq pass);
- *   two deterministic runs are bitwise equal, and dk, dv are bitwise equal across the modes (one code).
+ *   two deterministic runs are bitwise equal, and dk, dv are bitwise equal across the modes (the same
+ *   products in the same order, also where the two modes use different kernels).
  * Then the bf16 golden case (argv[1]; ../shared/golden, made by the published reference): its dq, dk,
  * dv against the GPU's (lse from the GPU forward), 2.5e-2.
  * Exit 77 (ctest SKIP_RETURN_CODE) when there is no CUDA device.
@@ -231,6 +233,16 @@ int main(int argc, char **argv) {
                     run_case(ti ? MOBA_DTYPE_F16 : MOBA_DTYPE_BF16, di ? 128 : 64, var, 6, bi % 2 ? 3 : 4,
                              bi % 2 ? 1 : 2, blocks[bi], topks[ki], seed++);
                 }
+    /* d = 128, blocks of two or more 128-key tiles: the Hopper kernels' 128-row layout tiles, where a tile
+     * past a block's start skips the rows before its first key; 208 leaves partial tiles; routed */
+    static const int long_lens[] = {900, 400, 1}, big_blocks[] = {256, 208};
+    for (int ti = 0; ti < 2; ti++)
+        for (int bi = 0; bi < 2; bi++)
+            for (int hi = 0; hi < 3; hi++) {
+                if (quick && (ti || hi != 1)) continue;
+                run_case(ti ? MOBA_DTYPE_F16 : MOBA_DTYPE_BF16, 128, long_lens, 3, heads[hi][0], heads[hi][1],
+                         big_blocks[bi], 3, seed++);
+            }
     for (int f16 = 0; f16 < 2; f16++) {
         printf("worst relative error %s: dq %.2e dk %.2e dv %.2e\n", f16 ? "f16" : "bf16", worst[f16][0], worst[f16][1],
                worst[f16][2]);
