@@ -432,7 +432,7 @@ static moba_status launch_grads(const moba_call *c, const BwdArgs &a, int64_t nu
         const int64_t n = c->L.total_tokens * p->num_q_heads * D; /* a multiple of 4 */
         MOBA_CUDA_TRY(cudaMemsetAsync(a.dq_acc, 0, (size_t)n * sizeof(float), stream));
         if (hopper) {
-            moba_status st = moba_cuda_dkdv_ws_applies(c, true) ? moba_cuda_dkdv_ws(c, a) : moba_cuda_dkdv_sm90(c, a, true);
+            moba_status st = moba_cuda_dkdv_ws_applies(c) ? moba_cuda_dkdv_ws(c, a) : moba_cuda_dkdv_sm90(c, a, true);
             if (st != MOBA_OK) return st;
         } else {
             kv_smem += (size_t)RC * BWD_DS_LD * sizeof(T);

@@ -30,10 +30,10 @@ struct BwdArgs {
 /* Hopper dk/dv kernel (backward_sm90.cu), with dq fused (atomics) when fuse_dq; only where
  * moba_cuda_hopper() (forward.h) says so. */
 moba_status moba_cuda_dkdv_sm90(const moba_call *c, const BwdArgs &a, bool fuse_dq);
-/* The warp-specialised Hopper dk/dv kernel with dq fused (backward_ws.cu): applies to d = 128, blocks of
- * >= 128 keys, the fused mode, unless MOBA_CUDA_BWD_WS=0 or MOBA_CUDA_BWD_KW=1; only where
- * moba_cuda_hopper() says so. */
-bool moba_cuda_dkdv_ws_applies(const moba_call *c, bool fuse_dq);
+/* The warp-specialised Hopper dk/dv kernel with dq fused (backward_ws.cu), for the fused mode only:
+ * applies to d = 128 and blocks of >= 128 keys, unless MOBA_CUDA_BWD_WS=0 or MOBA_CUDA_BWD_KW=1; only
+ * where moba_cuda_hopper() says so. */
+bool moba_cuda_dkdv_ws_applies(const moba_call *c);
 moba_status moba_cuda_dkdv_ws(const moba_call *c, const BwdArgs &a);
 
 #ifdef __CUDACC__

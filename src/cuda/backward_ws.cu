@@ -259,10 +259,10 @@ static moba_status launch_variant(const moba_call *c, const BwdArgs &a) {
     return launch<T, BWS_STAGES, 2, false>(c, a);
 }
 
-bool moba_cuda_dkdv_ws_applies(const moba_call *c, bool fuse_dq) {
+bool moba_cuda_dkdv_ws_applies(const moba_call *c) {
     const char *e = getenv("MOBA_CUDA_BWD_WS"), *kw = getenv("MOBA_CUDA_BWD_KW");
     if ((e && *e == '0') || (kw && *kw == '1')) return false;
-    return fuse_dq && c->p->head_dim == 128 && c->p->block_size >= 128;
+    return c->p->head_dim == 128 && c->p->block_size >= 128;
 }
 
 moba_status moba_cuda_dkdv_ws(const moba_call *c, const BwdArgs &a) {
