@@ -3,7 +3,8 @@ mix per iteration and where the warps wait.
 
     python3 bench/gpu/sass_summary.py sass.csv [--top 15]
 
-The hottest loop is taken as the instructions executed as often as the most executed HGMMA; its
+First the instructions with the most stall samples and their main reasons. The hottest loop is
+taken as the instructions executed as often as the most executed HGMMA (or HMMA); its
 opcodes are counted per iteration (executions / that count), which is what to cut when a kernel is
 issue-bound."""
 import argparse
@@ -30,13 +31,18 @@ def main():
             t = t.split(None, 1)[1]
         return t.split()[0]
 
-    gmma = [num(r, execs) for r in data if opcode(r).startswith("HGMMA")]
+    total = sum(num(r, samples) for r in data)
+    print(f"the {args.top} instructions with the most stall samples (of {total}): share, executions, top reasons")
+    for r in sorted(data, key=lambda r: -num(r, samples))[:args.top]:
+        reasons = sorted(((num(r, col[h]), h[6:]) for h in stalls), reverse=True)[:3]
+        why = ", ".join(f"{h} {100 * v / max(num(r, samples), 1):.0f}%" for v, h in reasons if v)
+        print(f"  {100 * num(r, samples) / max(total, 1):5.1f}% {num(r, execs):>10} {r[1].strip()[:60]:60s} {why}")
+    gmma = [num(r, execs) for r in data if opcode(r).startswith(("HGMMA", "HMMA"))]
     if not gmma:
-        print("no HGMMA in this kernel")
+        print("no HGMMA or HMMA in this kernel")
         return
     iters = max(gmma)
     loop = [r for r in data if num(r, execs) == iters]
-    total = sum(num(r, samples) for r in data)
     in_loop = sum(num(r, samples) for r in loop)
     print(f"hottest loop: {len(loop)} instructions executed {iters} times (per warp); "
           f"{100 * in_loop / max(total, 1):.1f}% of {total} stall samples")

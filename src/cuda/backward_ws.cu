@@ -43,7 +43,7 @@ struct BwsMeta {
  * BULK: each warp puts its 16 rows x 64 columns of dq into shared memory and its lanes add them to
  * dq_acc with one bulk reduction (cp.reduce.async.bulk) of 256 bytes per row, instead of 16 float2
  * atomics per thread. */
-template <typename T, int D, int NS, int NDS, bool BULK>
+template <typename T, int D, int NS, int NDS, bool BULK, bool EARLY_P>
 __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
 #ifdef MOBA_WGMMA
     static_assert(D == 128, "two consumers of 64 keys, each 64 of dq's columns");
@@ -141,9 +141,14 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         float s[RC / 8][4], dp[RC / 8][4]; /* keys (this warp's 16) x rows */
         sm90_issue_s_desc<T, D, RC, KN>(kA_, desc_add(qB_, so), s);
         sm90_issue_s_desc<T, D, RC, KN>(vA_, desc_add(oB_, so), dp);
-        wg_wait<0>();
+        /* EARLY_P: P^T is computed while dP^T is still on the tensor cores */
+        if (EARLY_P) {
+            wg_wait<1>();
+        } else {
+            wg_wait<0>();
+            fence_regs<RC / 2>(&dp[0][0]);
+        }
         fence_regs<RC / 2>(&s[0][0]);
-        fence_regs<RC / 2>(&dp[0][0]);
         /* P^T: row m = nt * 8 + 2c + (e & 1), key g + 8 (e >> 1) of this warp's 16 */
 #pragma unroll
         for (int nt = 0; nt < RC / 8; nt++) {
@@ -160,6 +165,10 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         }
         uint32_t pa[RC / 16][4], dsa[RC / 16][4];
         pack_p<T>(s, pa);
+        if (EARLY_P) {
+            wg_wait<0>();
+            fence_regs<RC / 2>(&dp[0][0]);
+        }
 #pragma unroll
         for (int nt = 0; nt < RC / 8; nt++) {
             const float2 d2 = *reinterpret_cast<const float2 *>(m.dlt + nt * 8 + 2 * c);
@@ -233,16 +242,16 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
 #endif
 }
 
-template <typename T, int NS, int NDS, bool BULK>
+template <typename T, int NS, int NDS, bool BULK, bool EARLY_P = false>
 static moba_status launch(const moba_call *c, const BwdArgs &a) {
     const moba_params *p = c->p;
     constexpr int D = 128;
     const size_t smem = 1024 + 2 * (128 * D * 2) + 2 * NS * (64 * D * 2) + NDS * (128 * 64 * 2) +
                         2 * NS * sizeof(uint64_t) + NS * sizeof(BwsMeta) + (BULK ? 128 * BWS_DQ_LD * sizeof(float) : 0);
     const dim3 grid((unsigned)a.f.dl.num_ftiles, p->num_kv_heads);
-    MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_ws_kernel<T, D, NS, NDS, BULK>,
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_ws_kernel<T, D, NS, NDS, BULK, EARLY_P>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    dkdv_ws_kernel<T, D, NS, NDS, BULK><<<grid, BWS_THREADS, smem, (cudaStream_t)p->cuda_stream>>>(a);
+    dkdv_ws_kernel<T, D, NS, NDS, BULK, EARLY_P><<<grid, BWS_THREADS, smem, (cudaStream_t)p->cuda_stream>>>(a);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
 }
@@ -254,6 +263,8 @@ static moba_status launch(const moba_call *c, const BwdArgs &a) {
 template <typename T>
 static moba_status launch_variant(const moba_call *c, const BwdArgs &a) {
     const char *dq = getenv("MOBA_CUDA_BWD_WS_DQ"), *ns = getenv("MOBA_CUDA_BWD_WS_STAGES");
+    const char *ep = getenv("MOBA_CUDA_BWD_WS_EARLYP");
+    if (ep && *ep == '1') return launch<T, BWS_STAGES, 2, false, true>(c, a);
     if (dq && *dq == 'b') return launch<T, 3, 1, true>(c, a);
     if (ns && *ns == '4') return launch<T, 4, 1, false>(c, a);
     return launch<T, BWS_STAGES, 2, false>(c, a);

@@ -16,6 +16,7 @@
  * (or in the workspace when top_k - 1 > 192).
  */
 #include <limits.h>
+#include <stdlib.h>
 
 #include "cuda.h"
 
@@ -98,9 +99,37 @@ __device__ __forceinline__ void reg_insert(long long (&list)[KMAX], long long ke
     }
 }
 
+/* A thread's own list while it scans: the scores' order keys and their blocks as two int arrays.
+ * A thread sees its blocks in increasing order, so a new candidate ranks below every equal score
+ * already listed (the lower block wins) and a strict compare of the order keys alone is the 64-bit
+ * key's order: one compare and four selects per step instead of four and four. NaN is INT_MIN + 1
+ * here (so it still beats an empty slot, INT_MIN); padding slots hold INT_MAX. */
+__device__ __forceinline__ int scan_key(float s) {
+    int k = order_key(s);
+    return k == INT_MIN ? INT_MIN + 1 : k;
+}
+template <int KMAX>
+__device__ __forceinline__ void reg_insert32(int (&ok)[KMAX], int (&bl)[KMAX], int key, int blk) {
+#pragma unroll
+    for (int i = 0; i < KMAX; i++) {
+        const int co = ok[i], cb = bl[i];
+        const bool take = key > co;
+        ok[i] = take ? key : co;
+        bl[i] = take ? blk : cb;
+        key = take ? co : key;
+        blk = take ? cb : blk;
+    }
+}
+/* The 64-bit candidate key of a scan-list entry (for the merge of the two halves). */
+__device__ __forceinline__ long long scan_to_cand(int ok, int blk) {
+    if (ok == INT_MAX) return LLONG_MAX;
+    if (ok == INT_MIN) return LLONG_MIN;
+    return cand_key(ok == INT_MIN + 1 ? INT_MIN : ok, blk);
+}
+
 /* KMAX > 0: lists of up to KMAX entries in registers, two threads per row (halves of each chunk),
  * merged at the end. KMAX == 0: one thread per row, lists in shared or global memory (any top_k). */
-template <typename T, int D, int KMAX>
+template <typename T, int D, int KMAX, bool OLD_SCAN>
 __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
     const moba_tile tile = a.dl.tiles[blockIdx.x];
@@ -148,6 +177,9 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
     long long rl[KR];
 #pragma unroll
     for (int i = 0; i < KR; i++) rl[i] = i < KR - k1 ? LLONG_MAX : LLONG_MIN;
+    int sok[KR], sbl[KR]; /* the scan's list (not OLD_SCAN) */
+#pragma unroll
+    for (int i = 0; i < KR; i++) sok[i] = i < KR - k1 ? INT_MAX : INT_MIN, sbl[i] = 0;
     float thr_f = -INFINITY; /* register lists: scores below this cannot enter */
     for (int ci = 0; ci < nchunks; ci++) {
         const int c0 = ci * ROUTE_CHUNK, valid = min(ROUTE_CHUNK, j - c0);
@@ -180,7 +212,29 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
         }
         __syncthreads();
 
-        if (KMAX > 0) {
+        if (KMAX > 0 && !OLD_SCAN) {
+            /* Which of this thread's 32 scores reach the threshold of the chunk's start (a bit mask, no
+             * branches), then only those, in block order, each tested exactly against the current list:
+             * the same list as testing every score, but a warp now loops as often as its busiest lane
+             * has candidates, not once for every position at which any lane has one. */
+            const int row = tid % MOBA_TILE_ROWS, half = tid / MOBA_TILE_ROWS;
+            if (row < rows) {
+                const float *mine = sS + row * 65 + half * (ROUTE_CHUNK / 2);
+                const int n = valid - half * (ROUTE_CHUNK / 2); /* may be <= 0 */
+                uint32_t cand = 0;
+#pragma unroll
+                for (int i = 0; i < ROUTE_CHUNK / 2; i++) cand |= (uint32_t)(i < n && !(mine[i] < thr_f)) << i;
+                while (cand) {
+                    const int i = __ffs(cand) - 1;
+                    cand &= cand - 1;
+                    const int key = scan_key(mine[i]);
+                    if (key > sok[KR - 1]) reg_insert32<KR>(sok, sbl, key, c0 + half * (ROUTE_CHUNK / 2) + i);
+                }
+                const int last = sok[KR - 1];
+                thr_f = last == INT_MIN || last == INT_MIN + 1 ? -INFINITY
+                                                              : __int_as_float(last >= 0 ? last : last ^ 0x7fffffff);
+            }
+        } else if (KMAX > 0) {
             const int row = tid % MOBA_TILE_ROWS, half = tid / MOBA_TILE_ROWS;
             if (row < rows) {
                 const float *mine = sS + row * 65;
@@ -213,6 +267,9 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
     __syncthreads(); /* every scan is done before sS is reused below */
 
     if (KMAX > 0) {
+        if (!OLD_SCAN)
+#pragma unroll
+            for (int i = 0; i < KR; i++) rl[i] = scan_to_cand(sok[i], sbl[i]);
         /* merge: the second half's lists go through shared memory into the first half's */
         long long *xfer = reinterpret_cast<long long *>(sS);  /* [KMAX][64], sS is free now */
         const int row = tid % MOBA_TILE_ROWS, half = tid / MOBA_TILE_ROWS;
@@ -260,13 +317,21 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
 
 int moba_cuda_topk_list_fits_smem(int k1) { return (size_t)MOBA_TILE_ROWS * k1 * sizeof(int2) <= ROUTE_SMEM_LIST_MAX; }
 
-template <typename T, int D, int KMAX>
-static moba_status launch_route_k(const RouteArgs &a, dim3 grid, size_t smem, cudaStream_t stream) {
-    MOBA_CUDA_TRY(cudaFuncSetAttribute(route_kernel<T, D, KMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       (int)smem));
-    route_kernel<T, D, KMAX><<<grid, 128, smem, stream>>>(a);
+template <typename T, int D, int KMAX, bool OLD_SCAN>
+static moba_status launch_route_kk(const RouteArgs &a, dim3 grid, size_t smem, cudaStream_t stream) {
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(route_kernel<T, D, KMAX, OLD_SCAN>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    route_kernel<T, D, KMAX, OLD_SCAN><<<grid, 128, smem, stream>>>(a);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
+}
+/* MOBA_CUDA_ROUTE_OLD_SCAN=1: the register lists' scan before the candidate masks (A/B only). */
+template <typename T, int D, int KMAX>
+static moba_status launch_route_k(const RouteArgs &a, dim3 grid, size_t smem, cudaStream_t stream) {
+    const char *e = KMAX > 0 ? getenv("MOBA_CUDA_ROUTE_OLD_SCAN") : NULL;
+    if constexpr (KMAX > 0)
+        if (e && *e == '1') return launch_route_kk<T, D, KMAX, true>(a, grid, smem, stream);
+    return launch_route_kk<T, D, KMAX, false>(a, grid, smem, stream);
 }
 
 template <typename T, int D>

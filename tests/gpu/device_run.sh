@@ -19,8 +19,8 @@
 #   bwdbench  bench/gpu/bench_backward.py --quick (forward+backward vs SDPA)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
-#   ab, ab2   bench/gpu/ab.py: the switch sets AB_SETS (';'-separated) on the cases AB_CASES (default 2,3);
-#             ab2 the same with AB2_SETS / AB2_CASES
+#   ab, ab2   bench/gpu/ab.py: the switch sets AB_SETS (';'-separated) on the cases AB_CASES (default 2,3),
+#             arguments AB_ARGS; ab2 the same with AB2_SETS / AB2_CASES / AB2_ARGS (default AB_ARGS)
 # BUILD_TARGET=name builds only that target (a short call). Each test run has a timeout (rc 124 = a hang). Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
 # as its tests/CMakeLists.txt, so tests being written elsewhere in the tree cannot break this run.
 set -u
@@ -127,9 +127,9 @@ for phase in $phases; do
         2>/dev/null | grep "^|" | tee -a "$OUT/variants.log"
     done ;;
   ab|ab2)
-    if [ $phase = ab ]; then cases=${AB_CASES:-2,3}; sets=${AB_SETS:-MOBA_CUDA_DEFAULT=1}
-    else cases=${AB2_CASES:-2,3}; sets=${AB2_SETS:-MOBA_CUDA_DEFAULT=1}; fi
-    timeout 300 python3 bench/gpu/ab.py --lib build/libmoba.so --cases "$cases" --sets "$sets" ${AB_ARGS:-} 2>&1 \
+    if [ $phase = ab ]; then cases=${AB_CASES:-2,3}; sets=${AB_SETS:-MOBA_CUDA_DEFAULT=1}; args=${AB_ARGS:-}
+    else cases=${AB2_CASES:-2,3}; sets=${AB2_SETS:-MOBA_CUDA_DEFAULT=1}; args=${AB2_ARGS-${AB_ARGS:-}}; fi
+    timeout 300 python3 bench/gpu/ab.py --lib build/libmoba.so --cases "$cases" --sets "$sets" $args 2>&1 \
       | grep -v -i warn | tee -a "$OUT/ab.log" ;;
   bench)
     PYTHONUNBUFFERED=1 python3 bench/gpu/bench_forward.py --lib build/libmoba.so ${BENCH_ARGS:-} \

@@ -206,6 +206,8 @@ int main(void) {
         static const int longer[] = {5000};
         run_case(MOBA_DTYPE_BF16, 128, longer, 1, 2, 1, 16, 5, seed++);
         run_case(MOBA_DTYPE_F16, 64, longer, 1, 2, 2, 16, 200, seed++); /* lists in global memory */
+        /* register lists of 15 over 5 chunks (the 64K target's routing: top_k 16 of up to 512 blocks) */
+        run_case(MOBA_DTYPE_BF16, 128, longer, 1, 4, 2, 16, 16, seed++);
     }
     printf("routing: %lld of %lld rows (%.4f%%) differ from the CPU backend, %lld (%.4f%%) from float64\n",
            rows_diff_cpu, rows_total, 100.0 * rows_diff_cpu / (rows_total ? rows_total : 1), rows_diff_ref,
