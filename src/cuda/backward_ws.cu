@@ -12,10 +12,13 @@
  *     P^T = exp(s S^T - lse) masked                (after both: computing P^T while dP^T runs, with
  *     dS^T = P^T (dP^T - D)                         dV issued early, spilled ~350 bytes more)
  *     dV += P^T dO, dK += dS^T Q                   (A from registers)
- *     dS^T -> shared memory as [keys][rows] (two buffers), one named barrier between the two
+ *     dS^T -> shared memory as [keys][rows] (one buffer: a named barrier before it is overwritten,
+ *     one after both halves are in)
  *     dq[:, 64 w ..] = dS K[:, 64 w ..]            (both operands from shared memory, transposed: no
  *                                                   fragments, no spills)
- *     wait, release the stage, dq_acc += dq (float2 atomics, as backward_sm90.cu).
+ *     wait, release the stage; each warp puts its 16 rows of dq into shared memory and adds each row
+ *     to dq_acc with one bulk reduction (cp.reduce.async.bulk .add.f32, 256 bytes) - or, in the
+ *     atomics form, float2 atomics as backward_sm90.cu.
  * What it changes against backward_sm90.cu: the gathers run on their own warps, up to two chunks
  * ahead, instead of between the products; no CTA-wide barrier in the loop; the consumers get 232
  * registers (setmaxnreg). Every product, weight and sum is the one that kernel computes, in the same
@@ -27,7 +30,8 @@
 #include "sm90.h"
 
 #define BWS_THREADS 384
-#define BWS_STAGES 3           /* 3 x 32 KiB of gathered q / dO beside 64 KiB of K, V and 32 KiB of dS */
+#define BWS_STAGES 3           /* 3 x 32 KiB of gathered q / dO beside 64 KiB of K, V, 16 KiB of dS^T and
+                                  36 KiB of dq tiles */
 #define BWS_DQ_LD 72           /* row stride (floats) of the bulk variant's dq tiles: 64-bit stores without conflicts */
 #define BWS_PRODUCER_REGS 40   /* 40 * 128 + 232 * 256 = the 168 * 384 registers of the launch */
 #define BWS_CONSUMER_REGS 232
@@ -256,18 +260,16 @@ static moba_status launch(const moba_call *c, const BwdArgs &a) {
     return MOBA_OK;
 }
 
-/* Variants for measurement (docs/cuda-backward.md, v7): MOBA_CUDA_BWD_WS_DQ=bulk: bulk reduction of dq
- * (one dS^T buffer: its dq tiles take the second's room); MOBA_CUDA_BWD_WS_STAGES=4: four stages, one
- * dS^T buffer, atomics. Bulk reduction ran beside two stages (tests, sanitizers, timings); these two
- * forms compile but have not run on a GPU yet. */
+/* The default: three stages, one dS^T buffer, dq by bulk reduction (H100, 2026-12-07: 2-9% faster than
+ * float2 atomics beside two dS^T buffers; four stages with atomics were slower at 128K and 1M, and that
+ * form is gone). For measurement (docs/cuda-backward.md): MOBA_CUDA_BWD_WS_DQ=atomic, the atomics form;
+ * MOBA_CUDA_BWD_WS_EARLYP=1, the default with P^T computed while dP^T runs (not yet run on a GPU). */
 template <typename T>
 static moba_status launch_variant(const moba_call *c, const BwdArgs &a) {
-    const char *dq = getenv("MOBA_CUDA_BWD_WS_DQ"), *ns = getenv("MOBA_CUDA_BWD_WS_STAGES");
-    const char *ep = getenv("MOBA_CUDA_BWD_WS_EARLYP");
-    if (ep && *ep == '1') return launch<T, BWS_STAGES, 2, false, true>(c, a);
-    if (dq && *dq == 'b') return launch<T, 3, 1, true>(c, a);
-    if (ns && *ns == '4') return launch<T, 4, 1, false>(c, a);
-    return launch<T, BWS_STAGES, 2, false>(c, a);
+    const char *dq = getenv("MOBA_CUDA_BWD_WS_DQ"), *ep = getenv("MOBA_CUDA_BWD_WS_EARLYP");
+    if (dq && *dq == 'a') return launch<T, BWS_STAGES, 2, false>(c, a);
+    if (ep && *ep == '1') return launch<T, BWS_STAGES, 1, true, true>(c, a);
+    return launch<T, BWS_STAGES, 1, true>(c, a);
 }
 
 bool moba_cuda_dkdv_ws_applies(const moba_call *c) {
