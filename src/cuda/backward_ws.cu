@@ -32,7 +32,8 @@
 #define BWS_THREADS 384
 #define BWS_STAGES 3           /* 3 x 32 KiB of gathered q / dO beside 64 KiB of K, V, 16 KiB of dS^T and
                                   36 KiB of dq tiles */
-#define BWS_DQ_LD 72           /* row stride (floats) of the bulk variant's dq tiles: 64-bit stores without conflicts */
+#define BWS_DQ_LD 72           /* row stride (floats) of the bulk form's dq tiles: 64-bit stores without conflicts */
+#define BWS_DQ_LDW 136         /* the same for the wide form's one [64 rows][128] tile (136 = 8 mod 32 as 72) */
 #define BWS_PRODUCER_REGS 40   /* 40 * 128 + 232 * 256 = the 168 * 384 registers of the launch */
 #define BWS_CONSUMER_REGS 232
 
@@ -46,8 +47,11 @@ struct BwsMeta {
 /* NS stages; NDS dS^T buffers (1: the consumers sync once more per chunk, before overwriting it);
  * BULK: each warp puts its 16 rows x 64 columns of dq into shared memory and its lanes add them to
  * dq_acc with one bulk reduction (cp.reduce.async.bulk) of 256 bytes per row, instead of 16 float2
- * atomics per thread. */
-template <typename T, int D, int NS, int NDS, bool BULK, bool EARLY_P>
+ * atomics per thread. WIDE (with BULK, NDS 1): both warpgroups' halves go into one [64][128] tile and,
+ * after a named barrier, each row goes out as one reduction of 512 bytes, eight rows per warp: half the
+ * bulk operations, whose issue (a loop over the lanes, the operands must be uniform) the profile of
+ * 2026-12-07 put at about a fifth of the consumers' stall samples. */
+template <typename T, int D, int NS, int NDS, bool BULK, bool WIDE>
 __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
 #ifdef MOBA_WGMMA
     static_assert(D == 128, "two consumers of 64 keys, each 64 of dq's columns");
@@ -58,7 +62,9 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
     char *sK = smem, *sV = sK + KVB, *sQ = sV + KVB, *sO = sQ + NS * TB, *sDS = sO + NS * TB; /* sDS: [NDS] */
     uint64_t *full = reinterpret_cast<uint64_t *>(sDS + NDS * DSB), *empty = full + NS;
     BwsMeta *meta = reinterpret_cast<BwsMeta *>(empty + NS);
-    float *sDQ = reinterpret_cast<float *>(meta + NS); /* BULK: [2 warpgroups][64 rows][BWS_DQ_LD] */
+    float *sDQ = reinterpret_cast<float *>(meta + NS); /* BULK: [2 warpgroups][64 rows][BWS_DQ_LD];
+                                                           WIDE: [64 rows][BWS_DQ_LDW] */
+    static_assert(!WIDE || (BULK && NDS == 1), "the wide form waits for its reads before barrier 2");
 
     const FwdArgs &f = a.f;
     const BwdKeyTile kt = bwd_key_tile(f, f.dl.ftiles);
@@ -145,14 +151,9 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         float s[RC / 8][4], dp[RC / 8][4]; /* keys (this warp's 16) x rows */
         sm90_issue_s_desc<T, D, RC, KN>(kA_, desc_add(qB_, so), s);
         sm90_issue_s_desc<T, D, RC, KN>(vA_, desc_add(oB_, so), dp);
-        /* EARLY_P: P^T is computed while dP^T is still on the tensor cores */
-        if (EARLY_P) {
-            wg_wait<1>();
-        } else {
-            wg_wait<0>();
-            fence_regs<RC / 2>(&dp[0][0]);
-        }
+        wg_wait<0>();
         fence_regs<RC / 2>(&s[0][0]);
+        fence_regs<RC / 2>(&dp[0][0]);
         /* P^T: row m = nt * 8 + 2c + (e & 1), key g + 8 (e >> 1) of this warp's 16 */
 #pragma unroll
         for (int nt = 0; nt < RC / 8; nt++) {
@@ -169,10 +170,6 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         }
         uint32_t pa[RC / 16][4], dsa[RC / 16][4];
         pack_p<T>(s, pa);
-        if (EARLY_P) {
-            wg_wait<0>();
-            fence_regs<RC / 2>(&dp[0][0]);
-        }
 #pragma unroll
         for (int nt = 0; nt < RC / 8; nt++) {
             const float2 d2 = *reinterpret_cast<const float2 *>(m.dlt + nt * 8 + 2 * c);
@@ -187,7 +184,11 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
          * One buffer: both consumers' dq products of the previous chunk must be done with it. */
         const int dsb = NDS == 1 ? 0 : n & 1;
         char *ds_buf = sDS + dsb * DSB;
-        if (NDS == 1 && n > 0) asm volatile("bar.sync 2, 256;\n" ::: "memory");
+        if (NDS == 1 && n > 0) {
+            /* WIDE: every row's reduction of the previous chunk has read the tile before anyone rewrites it */
+            if (WIDE && lane < 8) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+            asm volatile("bar.sync 2, 256;\n" ::: "memory");
+        }
 #pragma unroll
         for (int kk = 0; kk < RC / 16; kk++)
 #pragma unroll
@@ -209,7 +210,8 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         }
         const int32_t t[2] = {m.rows[wwarp * 16 + g], m.rows[wwarp * 16 + g + 8]};
-        const int32_t t_lane = BULK && lane < 16 ? m.rows[wwarp * 16 + lane] : -1;
+        const int32_t t_lane = WIDE ? (lane < 8 ? m.rows[(cw * 4 + wwarp) * 8 + lane] : -1)
+                                    : (BULK && lane < 16 ? m.rows[wwarp * 16 + lane] : -1);
         wg_wait<0>();
         fence_regs<32>(&q[0][0]);
         fence_regs<D / 2>(&dv[0][0]);
@@ -217,6 +219,22 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         mbar_arrive(&empty[st]); /* q, dO and the row data of this stage are no longer read */
         if (!BULK) {
             dq_atomic_add<D>(a, q, t, h, cw * 64, c);
+        } else if (WIDE) {
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                    *reinterpret_cast<float2 *>(sDQ + (wwarp * 16 + g + 8 * r) * BWS_DQ_LDW + cw * 64 + nt * 8 + 2 * c) =
+                        make_float2(q[nt][2 * r], q[nt][2 * r + 1]);
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* read by the bulk copies */
+            asm volatile("bar.sync 3, 256;\n" ::: "memory");               /* both halves of every row */
+            if (t_lane >= 0) {
+                float *dst = a.dq_acc + ((int64_t)t_lane * f.Hq + h) * D;
+                asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 512;\n"
+                             "cp.async.bulk.commit_group;\n" ::"l"(dst),
+                             "r"(moba_smem_addr(sDQ + ((cw * 4 + wwarp) * 8 + lane) * BWS_DQ_LDW))
+                             : "memory");
+            }
         } else {
             float *rows = sDQ + (cw * 64 + wwarp * 16) * BWS_DQ_LD; /* this warp's 16 rows */
             if (n > 0 && lane < 16) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
@@ -246,29 +264,31 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
 #endif
 }
 
-template <typename T, int NS, int NDS, bool BULK, bool EARLY_P = false>
+template <typename T, int NS, int NDS, bool BULK, bool WIDE = false>
 static moba_status launch(const moba_call *c, const BwdArgs &a) {
     const moba_params *p = c->p;
     constexpr int D = 128;
     const size_t smem = 1024 + 2 * (128 * D * 2) + 2 * NS * (64 * D * 2) + NDS * (128 * 64 * 2) +
-                        2 * NS * sizeof(uint64_t) + NS * sizeof(BwsMeta) + (BULK ? 128 * BWS_DQ_LD * sizeof(float) : 0);
+                        2 * NS * sizeof(uint64_t) + NS * sizeof(BwsMeta) +
+                        (BULK ? (WIDE ? 64 * BWS_DQ_LDW : 128 * BWS_DQ_LD) * sizeof(float) : 0);
     const dim3 grid((unsigned)a.f.dl.num_ftiles, p->num_kv_heads);
-    MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_ws_kernel<T, D, NS, NDS, BULK, EARLY_P>,
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_ws_kernel<T, D, NS, NDS, BULK, WIDE>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    dkdv_ws_kernel<T, D, NS, NDS, BULK, EARLY_P><<<grid, BWS_THREADS, smem, (cudaStream_t)p->cuda_stream>>>(a);
+    dkdv_ws_kernel<T, D, NS, NDS, BULK, WIDE><<<grid, BWS_THREADS, smem, (cudaStream_t)p->cuda_stream>>>(a);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
 }
 
 /* The default: three stages, one dS^T buffer, dq by bulk reduction (H100, 2026-12-07: 2-9% faster than
- * float2 atomics beside two dS^T buffers; four stages with atomics were slower at 128K and 1M, and that
- * form is gone). For measurement (docs/cuda-backward.md): MOBA_CUDA_BWD_WS_DQ=atomic, the atomics form;
- * MOBA_CUDA_BWD_WS_EARLYP=1, the default with P^T computed while dP^T runs (not yet run on a GPU). */
+ * float2 atomics beside two dS^T buffers; four stages with atomics were slower at 128K and 1M, and P^T
+ * computed while dP^T runs was mixed, -2% .. +4%: both forms are gone). For measurement
+ * (docs/cuda-backward.md): MOBA_CUDA_BWD_WS_DQ=atomic, the atomics form; MOBA_CUDA_BWD_WS_DQ=wide, one
+ * reduction of 512 bytes per row (not yet run on a GPU). */
 template <typename T>
 static moba_status launch_variant(const moba_call *c, const BwdArgs &a) {
-    const char *dq = getenv("MOBA_CUDA_BWD_WS_DQ"), *ep = getenv("MOBA_CUDA_BWD_WS_EARLYP");
+    const char *dq = getenv("MOBA_CUDA_BWD_WS_DQ");
     if (dq && *dq == 'a') return launch<T, BWS_STAGES, 2, false>(c, a);
-    if (ep && *ep == '1') return launch<T, BWS_STAGES, 1, true, true>(c, a);
+    if (dq && *dq == 'w') return launch<T, BWS_STAGES, 1, true, true>(c, a);
     return launch<T, BWS_STAGES, 1, true>(c, a);
 }
 
