@@ -74,7 +74,7 @@ def main():
     ap.add_argument("--deterministic", action="store_true", help="the bitwise reproducible backward (separate dq pass)")
     args = ap.parse_args()
     lib = load_lib(args.lib)
-    mode = "deterministic" if args.deterministic else "default (atomic dq)"
+    mode = "deterministic" if args.deterministic else "default (dq summed in any order)"
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, d={D}, one sequence, fwd+bwd, "
           f"backward mode: {mode}")
     rows = []
