@@ -44,6 +44,19 @@ struct BwsMeta {
     int32_t head, pad[3];
 };
 
+/* The shared-memory carve-up, used by the kernel and (bytes) by the host: K, V [128 keys x D], NS
+ * stages of gathered q and dO [64 rows x D], NDS dS^T buffers [128 x 64], the full and empty mbarriers,
+ * NS stages of row data, the dq tiles of the bulk forms; plus 1 KiB to align the start to 1024. */
+template <int D, int NS, int NDS, bool BULK, bool WIDE> struct BwsLayout {
+    static constexpr size_t kv = 128 * D * 2, stage = 64 * D * 2, ds = 128 * 64 * 2;
+    static constexpr size_t k = 0, v = k + kv, q = v + kv, o = q + NS * stage, dS = o + NS * stage;
+    static constexpr size_t bars = dS + NDS * ds, meta = bars + 2 * NS * sizeof(uint64_t);
+    static constexpr size_t dq = meta + NS * sizeof(BwsMeta);
+    static constexpr size_t dq_bytes = BULK ? (WIDE ? 64 * BWS_DQ_LDW : 128 * BWS_DQ_LD) * sizeof(float) : 0;
+    static constexpr size_t bytes = 1024 + dq + dq_bytes;
+    static_assert(dq % 16 == 0, "bulk copies read 16-byte aligned rows");
+};
+
 /* NS stages; NDS dS^T buffers (1: the consumers sync once more per chunk, before overwriting it);
  * BULK: each warp puts its 16 rows x 64 columns of dq into shared memory and its lanes add them to
  * dq_acc with one bulk reduction (cp.reduce.async.bulk) of 256 bytes per row, instead of 16 float2
@@ -56,14 +69,15 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
 #ifdef MOBA_WGMMA
     static_assert(D == 128, "two consumers of 64 keys, each 64 of dq's columns");
     /* rows per chunk; keys per CTA; stages; bytes of a gathered [64 x D] tile, of K (or V), of dS^T */
-    constexpr int RC = 64, KN = 128, TB = RC * D * 2, KVB = KN * D * 2, DSB = KN * RC * 2;
+    constexpr int RC = 64, KN = 128, TB = RC * D * 2, DSB = KN * RC * 2;
+    using L = BwsLayout<D, NS, NDS, BULK, WIDE>;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
-    char *sK = smem, *sV = sK + KVB, *sQ = sV + KVB, *sO = sQ + NS * TB, *sDS = sO + NS * TB; /* sDS: [NDS] */
-    uint64_t *full = reinterpret_cast<uint64_t *>(sDS + NDS * DSB), *empty = full + NS;
-    BwsMeta *meta = reinterpret_cast<BwsMeta *>(empty + NS);
-    float *sDQ = reinterpret_cast<float *>(meta + NS); /* BULK: [2 warpgroups][64 rows][BWS_DQ_LD];
-                                                           WIDE: [64 rows][BWS_DQ_LDW] */
+    char *sK = smem + L::k, *sV = smem + L::v, *sQ = smem + L::q, *sO = smem + L::o, *sDS = smem + L::dS;
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + L::bars), *empty = full + NS;
+    BwsMeta *meta = reinterpret_cast<BwsMeta *>(smem + L::meta);
+    float *sDQ = reinterpret_cast<float *>(smem + L::dq); /* BULK: [2 warpgroups][64 rows][BWS_DQ_LD];
+                                                              WIDE: [64 rows][BWS_DQ_LDW] */
     static_assert(!WIDE || (BULK && NDS == 1), "the wide form waits for its reads before barrier 2");
 
     const FwdArgs &f = a.f;
@@ -268,9 +282,7 @@ template <typename T, int NS, int NDS, bool BULK, bool WIDE = false>
 static moba_status launch(const moba_call *c, const BwdArgs &a) {
     const moba_params *p = c->p;
     constexpr int D = 128;
-    const size_t smem = 1024 + 2 * (128 * D * 2) + 2 * NS * (64 * D * 2) + NDS * (128 * 64 * 2) +
-                        2 * NS * sizeof(uint64_t) + NS * sizeof(BwsMeta) +
-                        (BULK ? (WIDE ? 64 * BWS_DQ_LDW : 128 * BWS_DQ_LD) * sizeof(float) : 0);
+    const size_t smem = BwsLayout<D, NS, NDS, BULK, WIDE>::bytes;
     const dim3 grid((unsigned)a.f.dl.num_ftiles, p->num_kv_heads);
     MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_ws_kernel<T, D, NS, NDS, BULK, WIDE>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
