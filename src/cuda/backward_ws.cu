@@ -25,6 +25,7 @@
  * order (heads, then rows ascending), so dk and dv stay bitwise equal to the deterministic mode's.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "backward.h"
 #include "sm90.h"
@@ -44,33 +45,44 @@ struct BwsMeta {
     int32_t head, pad[3];
 };
 
+/* How dq leaves the kernel (the kernel's comment below says more): float2 atomics; bulk reductions of
+ * 256 bytes per row and warpgroup (the default); one of 512 bytes per row from a shared tile; the same
+ * tile sent by the producer warpgroup. */
+enum { DQ_ATOMIC = 0, DQ_BULK = 1, DQ_WIDE = 2, DQ_WRITER = 3 };
+
 /* The shared-memory carve-up, used by the kernel and (bytes) by the host: K, V [128 keys x D], NS
- * stages of gathered q and dO [64 rows x D], NDS dS^T buffers [128 x 64], the full and empty mbarriers,
- * NS stages of row data, the dq tiles of the bulk forms; plus 1 KiB to align the start to 1024. */
-template <int D, int NS, int NDS, bool BULK, bool WIDE> struct BwsLayout {
+ * stages of gathered q and dO [64 rows x D], NDS dS^T buffers [128 x 64], the full and empty mbarriers
+ * (DQ_WRITER: and the dq tile's full and empty), NS stages of row data, the dq tiles of the bulk forms
+ * (DQ_WRITER: then the tile's 64 tokens and its head); plus 1 KiB to align the start to 1024. */
+template <int D, int NS, int NDS, int DQ> struct BwsLayout {
     static constexpr size_t kv = 128 * D * 2, stage = 64 * D * 2, ds = 128 * 64 * 2;
     static constexpr size_t k = 0, v = k + kv, q = v + kv, o = q + NS * stage, dS = o + NS * stage;
-    static constexpr size_t bars = dS + NDS * ds, meta = bars + 2 * NS * sizeof(uint64_t);
+    static constexpr size_t bars = dS + NDS * ds, meta = bars + (2 * NS + (DQ == DQ_WRITER ? 2 : 0)) * sizeof(uint64_t);
     static constexpr size_t dq = meta + NS * sizeof(BwsMeta);
-    static constexpr size_t dq_bytes = BULK ? (WIDE ? 64 * BWS_DQ_LDW : 128 * BWS_DQ_LD) * sizeof(float) : 0;
+    static constexpr size_t dq_bytes = DQ == DQ_ATOMIC ? 0
+                                       : DQ == DQ_BULK ? 128 * BWS_DQ_LD * sizeof(float)
+                                                       : 64 * BWS_DQ_LDW * sizeof(float) + (DQ == DQ_WRITER ? 65 * 4 : 0);
     static constexpr size_t bytes = 1024 + dq + dq_bytes;
     static_assert(dq % 16 == 0, "bulk copies read 16-byte aligned rows");
 };
 
 /* NS stages; NDS dS^T buffers (1: the consumers sync once more per chunk, before overwriting it);
- * BULK: each warp puts its 16 rows x 64 columns of dq into shared memory and its lanes add them to
- * dq_acc with one bulk reduction (cp.reduce.async.bulk) of 256 bytes per row, instead of 16 float2
- * atomics per thread. WIDE (with BULK, NDS 1): both warpgroups' halves go into one [64][128] tile and,
- * after a named barrier, each row goes out as one reduction of 512 bytes, eight rows per warp: half the
- * bulk operations, whose issue (a loop over the lanes, the operands must be uniform) the profile of
- * 2026-12-07 put at about a fifth of the consumers' stall samples. */
-template <typename T, int D, int NS, int NDS, bool BULK, bool WIDE>
+ * DQ: DQ_ATOMIC, float2 atomics from the consumers' registers. DQ_BULK: each warp puts its 16 rows x 64
+ * columns of dq into shared memory and its lanes add them to dq_acc with one bulk reduction
+ * (cp.reduce.async.bulk) of 256 bytes per row. DQ_WIDE (NDS 1): both warpgroups' halves go into one
+ * [64][128] tile and, after a named barrier, each row goes out as one reduction of 512 bytes, eight rows
+ * per warp: half the bulk operations, whose issue (a loop over the lanes: the operands must be uniform)
+ * the profile of 2026-12-07 put at about a fifth of the consumers' stall samples. DQ_WRITER (NDS 1): the
+ * consumers only store the tile (and its tokens) and arrive on an mbarrier; the producer warpgroup,
+ * which waits on free stages most of the time, sends the rows and releases the tile. */
+template <typename T, int D, int NS, int NDS, int DQ>
 __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
 #ifdef MOBA_WGMMA
     static_assert(D == 128, "two consumers of 64 keys, each 64 of dq's columns");
     /* rows per chunk; keys per CTA; stages; bytes of a gathered [64 x D] tile, of K (or V), of dS^T */
     constexpr int RC = 64, KN = 128, TB = RC * D * 2, DSB = KN * RC * 2;
-    using L = BwsLayout<D, NS, NDS, BULK, WIDE>;
+    constexpr bool BULK = DQ != DQ_ATOMIC, WIDE = DQ >= DQ_WIDE, WRITER = DQ == DQ_WRITER;
+    using L = BwsLayout<D, NS, NDS, DQ>;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
     char *sK = smem + L::k, *sV = smem + L::v, *sQ = smem + L::q, *sO = smem + L::o, *sDS = smem + L::dS;
@@ -78,7 +90,11 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
     BwsMeta *meta = reinterpret_cast<BwsMeta *>(smem + L::meta);
     float *sDQ = reinterpret_cast<float *>(smem + L::dq); /* BULK: [2 warpgroups][64 rows][BWS_DQ_LD];
                                                               WIDE: [64 rows][BWS_DQ_LDW] */
-    static_assert(!WIDE || (BULK && NDS == 1), "the wide form waits for its reads before barrier 2");
+    static_assert(!WIDE || NDS == 1, "the wide form waits for its reads before barrier 2");
+    /* DQ_WRITER: the tile's full (256 consumer arrivals) and empty (128 producer arrivals) mbarriers, and
+     * the tokens and head of the tile's rows (the stage's row data may be reused before the tile leaves) */
+    uint64_t *dq_full = empty + NS, *dq_empty = dq_full + 1;
+    int32_t *dq_rows = reinterpret_cast<int32_t *>(sDQ + 64 * BWS_DQ_LDW), *dq_head = dq_rows + 64;
 
     const FwdArgs &f = a.f;
     const BwdKeyTile kt = bwd_key_tile(f, f.dl.ftiles);
@@ -87,6 +103,10 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         for (int i = 0; i < NS; i++) {
             mbar_init(&full[i], 128);
             mbar_init(&empty[i], 256);
+        }
+        if (WRITER) {
+            mbar_init(dq_full, 256);
+            mbar_init(dq_empty, 128);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -102,6 +122,23 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         auto signal = [&](int st) { /* this thread's copies into stage st have landed */
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
             mbar_arrive(&full[st]);
+        };
+        /* DQ_WRITER: chunk k's dq tile goes out, 16 rows per warp, one 512-byte reduction each; once
+         * their reads are done the tile is released. Chunk k is written when its stage has just been
+         * reused (k = n - NS), so the consumers are at most a chunk from finishing it, and the rest after
+         * the last chunk. */
+        auto write_dq = [&](int k) {
+            mbar_wait(dq_full, k & 1);
+            const int r = (tid / 32) * 16 + tid % 32, t = tid % 32 < 16 ? dq_rows[r] : -1;
+            if (t >= 0) {
+                float *dst = a.dq_acc + ((int64_t)t * f.Hq + *dq_head) * D;
+                asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 512;\n"
+                             "cp.async.bulk.commit_group;\n"
+                             "cp.async.bulk.wait_group.read 0;\n" ::"l"(dst),
+                             "r"(moba_smem_addr(sDQ + r * BWS_DQ_LDW))
+                             : "memory");
+            }
+            mbar_arrive(dq_empty);
         };
         BwdRowCursor cur = {};
         cur.start<RC>(a, kt.tile, hk, kt.seq0, kt.len);
@@ -122,12 +159,17 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
             prev = st;
             if (++st == NS) st = 0, ph ^= 1;
             cur.next<RC>(a, kt.tile, hk, kt.seq0, kt.len);
+            if (WRITER && n >= NS) write_dq(n - NS);
         }
         if (n >= NS) mbar_wait(&empty[st], ph ^ 1);
         if (tid == 0) meta[st].head = -1; /* the end */
         moba_cp_async_wait<0>();
         if (prev >= 0) signal(prev);
         signal(st);
+        if (WRITER) {
+            for (int k = n >= NS ? n - NS : 0; k < n; k++) write_dq(k);
+            asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+        }
         return;
     }
 
@@ -200,7 +242,7 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         char *ds_buf = sDS + dsb * DSB;
         if (NDS == 1 && n > 0) {
             /* WIDE: every row's reduction of the previous chunk has read the tile before anyone rewrites it */
-            if (WIDE && lane < 8) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+            if (WIDE && !WRITER && lane < 8) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
             asm volatile("bar.sync 2, 256;\n" ::: "memory");
         }
 #pragma unroll
@@ -233,6 +275,18 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         mbar_arrive(&empty[st]); /* q, dO and the row data of this stage are no longer read */
         if (!BULK) {
             dq_atomic_add<D>(a, q, t, h, cw * 64, c);
+        } else if (WRITER) {
+            if (n > 0) mbar_wait(dq_empty, (n - 1) & 1); /* the writer has read the previous chunk's tile */
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                    *reinterpret_cast<float2 *>(sDQ + (wwarp * 16 + g + 8 * r) * BWS_DQ_LDW + cw * 64 + nt * 8 + 2 * c) =
+                        make_float2(q[nt][2 * r], q[nt][2 * r + 1]);
+            if (lane < 8) dq_rows[(cw * 4 + wwarp) * 8 + lane] = t_lane;
+            if (ctid == 0) *dq_head = h;
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* read by the bulk copies */
+            mbar_arrive(dq_full);
         } else if (WIDE) {
 #pragma unroll
             for (int nt = 0; nt < 8; nt++)
@@ -271,22 +325,22 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         }
         if (++st == NS) st = 0, ph ^= 1;
     }
-    if (BULK) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    if (BULK && !WRITER) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
     store_dkdv<T, D>(a, kt.tile, hk, kt.nkeys, dk, dv, warp, lane);
 #else
     __trap(); /* built for another target: the host never launches it there */
 #endif
 }
 
-template <typename T, int NS, int NDS, bool BULK, bool WIDE = false>
+template <typename T, int NS, int NDS, int DQ>
 static moba_status launch(const moba_call *c, const BwdArgs &a) {
     const moba_params *p = c->p;
     constexpr int D = 128;
-    const size_t smem = BwsLayout<D, NS, NDS, BULK, WIDE>::bytes;
+    const size_t smem = BwsLayout<D, NS, NDS, DQ>::bytes;
     const dim3 grid((unsigned)a.f.dl.num_ftiles, p->num_kv_heads);
-    MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_ws_kernel<T, D, NS, NDS, BULK, WIDE>,
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_ws_kernel<T, D, NS, NDS, DQ>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    dkdv_ws_kernel<T, D, NS, NDS, BULK, WIDE><<<grid, BWS_THREADS, smem, (cudaStream_t)p->cuda_stream>>>(a);
+    dkdv_ws_kernel<T, D, NS, NDS, DQ><<<grid, BWS_THREADS, smem, (cudaStream_t)p->cuda_stream>>>(a);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
 }
@@ -294,14 +348,15 @@ static moba_status launch(const moba_call *c, const BwdArgs &a) {
 /* The default: three stages, one dS^T buffer, dq by bulk reduction (H100, 2026-12-07: 2-9% faster than
  * float2 atomics beside two dS^T buffers; four stages with atomics were slower at 128K and 1M, and P^T
  * computed while dP^T runs was mixed, -2% .. +4%: both forms are gone). For measurement
- * (docs/cuda-backward.md): MOBA_CUDA_BWD_WS_DQ=atomic, the atomics form; MOBA_CUDA_BWD_WS_DQ=wide, one
- * reduction of 512 bytes per row (not yet run on a GPU). */
+ * (docs/cuda-backward.md): MOBA_CUDA_BWD_WS_DQ=atomic, the atomics form; =wide, one reduction of 512
+ * bytes per row; =writer, the same sent by the producer warpgroup (these two not yet run on a GPU). */
 template <typename T>
 static moba_status launch_variant(const moba_call *c, const BwdArgs &a) {
     const char *dq = getenv("MOBA_CUDA_BWD_WS_DQ");
-    if (dq && *dq == 'a') return launch<T, BWS_STAGES, 2, false>(c, a);
-    if (dq && *dq == 'w') return launch<T, BWS_STAGES, 1, true, true>(c, a);
-    return launch<T, BWS_STAGES, 1, true>(c, a);
+    if (dq && *dq == 'a') return launch<T, BWS_STAGES, 2, DQ_ATOMIC>(c, a);
+    if (dq && !strcmp(dq, "wide")) return launch<T, BWS_STAGES, 1, DQ_WIDE>(c, a);
+    if (dq && !strcmp(dq, "writer")) return launch<T, BWS_STAGES, 1, DQ_WRITER>(c, a);
+    return launch<T, BWS_STAGES, 1, DQ_BULK>(c, a);
 }
 
 bool moba_cuda_dkdv_ws_applies(const moba_call *c) {
