@@ -10,13 +10,13 @@
  *
  * One CTA scores a tile of 64 query rows (all in block j) against 64 centroids at a time (the next
  * 64 loading meanwhile); the 64 x 64 scores go to shared memory only, never to global memory.
- * Candidate lists: for top_k <= 17 two threads per row each keep a sorted list in registers (64-bit
- * keys: score order, then lower block) behind a float threshold, so most scores cost one compare,
- * and the two lists are merged at the end; larger top_k: one thread per row, a list in shared memory
- * (or in the workspace when top_k - 1 > 192).
+ * Candidate lists: for top_k <= 17 two threads per row each keep a sorted list in registers. Per
+ * chunk a thread marks which of its 32 scores reach the list's threshold (a bit mask, no branches)
+ * and inserts only those; the two lists are merged at the end as 64-bit keys (score order, then
+ * lower block). Larger top_k: one thread per row, a list in shared memory (or in the workspace when
+ * top_k - 1 > 192).
  */
 #include <limits.h>
-#include <stdlib.h>
 
 #include "cuda.h"
 
@@ -77,13 +77,6 @@ __device__ __forceinline__ long long cand_key(int okey, int blk) {
     return (long long)okey * 4294967296LL + (long long)(0xffffffffu - (unsigned)blk);
 }
 __device__ __forceinline__ int cand_block(long long key) { return (int)(0xffffffffu - (unsigned)(key & 0xffffffffLL)); }
-/* The score of a candidate key as a float; -inf for an empty slot or a NaN score (then nothing can
- * be rejected by a float compare alone). */
-__device__ __forceinline__ float key_score(long long key) {
-    int ok = (int)(key >> 32); /* the order key: the low half is >= 0 */
-    if (key == LLONG_MIN || ok == INT_MIN) return -INFINITY;
-    return __int_as_float(ok >= 0 ? ok : ok ^ 0x7fffffff);
-}
 
 /* Bubble `key` into a descending list of KMAX registers. The first KMAX - k1 slots hold LLONG_MAX
  * (never displaced), so only k1 entries are live, every index is a compile-time constant (the list
@@ -129,7 +122,7 @@ __device__ __forceinline__ long long scan_to_cand(int ok, int blk) {
 
 /* KMAX > 0: lists of up to KMAX entries in registers, two threads per row (halves of each chunk),
  * merged at the end. KMAX == 0: one thread per row, lists in shared or global memory (any top_k). */
-template <typename T, int D, int KMAX, bool OLD_SCAN>
+template <typename T, int D, int KMAX>
 __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
     const moba_tile tile = a.dl.tiles[blockIdx.x];
@@ -174,12 +167,10 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
 
     int n = 0, thr = INT_MIN; /* memory lists: fill and (when full) the key of its last entry */
     constexpr int KR = KMAX > 0 ? KMAX : 1;
-    long long rl[KR];
-#pragma unroll
-    for (int i = 0; i < KR; i++) rl[i] = i < KR - k1 ? LLONG_MAX : LLONG_MIN;
-    int sok[KR], sbl[KR]; /* the scan's list (not OLD_SCAN) */
+    int sok[KR], sbl[KR]; /* register lists while scanning (scan_key order), then rl for the merge */
 #pragma unroll
     for (int i = 0; i < KR; i++) sok[i] = i < KR - k1 ? INT_MAX : INT_MIN, sbl[i] = 0;
+    long long rl[KR];
     float thr_f = -INFINITY; /* register lists: scores below this cannot enter */
     for (int ci = 0; ci < nchunks; ci++) {
         const int c0 = ci * ROUTE_CHUNK, valid = min(ROUTE_CHUNK, j - c0);
@@ -212,7 +203,7 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
         }
         __syncthreads();
 
-        if (KMAX > 0 && !OLD_SCAN) {
+        if (KMAX > 0) {
             /* Which of this thread's 32 scores reach the threshold of the chunk's start (a bit mask, no
              * branches), then only those, in block order, each tested exactly against the current list:
              * the same list as testing every score, but a warp now loops as often as its busiest lane
@@ -220,10 +211,10 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
             const int row = tid % MOBA_TILE_ROWS, half = tid / MOBA_TILE_ROWS;
             if (row < rows) {
                 const float *mine = sS + row * 65 + half * (ROUTE_CHUNK / 2);
-                const int n = valid - half * (ROUTE_CHUNK / 2); /* may be <= 0 */
+                const int nmine = valid - half * (ROUTE_CHUNK / 2); /* scores of this half; may be <= 0 */
                 uint32_t cand = 0;
 #pragma unroll
-                for (int i = 0; i < ROUTE_CHUNK / 2; i++) cand |= (uint32_t)(i < n && !(mine[i] < thr_f)) << i;
+                for (int i = 0; i < ROUTE_CHUNK / 2; i++) cand |= (uint32_t)(i < nmine && !(mine[i] < thr_f)) << i;
                 while (cand) {
                     const int i = __ffs(cand) - 1;
                     cand &= cand - 1;
@@ -233,21 +224,6 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
                 const int last = sok[KR - 1];
                 thr_f = last == INT_MIN || last == INT_MIN + 1 ? -INFINITY
                                                               : __int_as_float(last >= 0 ? last : last ^ 0x7fffffff);
-            }
-        } else if (KMAX > 0) {
-            const int row = tid % MOBA_TILE_ROWS, half = tid / MOBA_TILE_ROWS;
-            if (row < rows) {
-                const float *mine = sS + row * 65;
-                const int i1 = min(valid, (half + 1) * (ROUTE_CHUNK / 2));
-                for (int i = half * (ROUTE_CHUNK / 2); i < i1; i++) {
-                    const float sc = mine[i];
-                    if (sc < thr_f) continue; /* most candidates stop here (NaN goes on and loses below) */
-                    long long key = cand_key(order_key(sc), c0 + i);
-                    if (key > rl[KR - 1]) {
-                        reg_insert<KR>(rl, key);
-                        thr_f = key_score(rl[KR - 1]);
-                    }
-                }
             }
         } else if (tid < rows) {
             const float *mine = sS + tid * 65;
@@ -267,9 +243,8 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
     __syncthreads(); /* every scan is done before sS is reused below */
 
     if (KMAX > 0) {
-        if (!OLD_SCAN)
 #pragma unroll
-            for (int i = 0; i < KR; i++) rl[i] = scan_to_cand(sok[i], sbl[i]);
+        for (int i = 0; i < KR; i++) rl[i] = scan_to_cand(sok[i], sbl[i]);
         /* merge: the second half's lists go through shared memory into the first half's */
         long long *xfer = reinterpret_cast<long long *>(sS);  /* [KMAX][64], sS is free now */
         const int row = tid % MOBA_TILE_ROWS, half = tid / MOBA_TILE_ROWS;
@@ -317,21 +292,13 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
 
 int moba_cuda_topk_list_fits_smem(int k1) { return (size_t)MOBA_TILE_ROWS * k1 * sizeof(int2) <= ROUTE_SMEM_LIST_MAX; }
 
-template <typename T, int D, int KMAX, bool OLD_SCAN>
-static moba_status launch_route_kk(const RouteArgs &a, dim3 grid, size_t smem, cudaStream_t stream) {
-    MOBA_CUDA_TRY(cudaFuncSetAttribute(route_kernel<T, D, KMAX, OLD_SCAN>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    route_kernel<T, D, KMAX, OLD_SCAN><<<grid, 128, smem, stream>>>(a);
-    MOBA_CUDA_LAUNCHED();
-    return MOBA_OK;
-}
-/* MOBA_CUDA_ROUTE_OLD_SCAN=1: the register lists' scan before the candidate masks (A/B only). */
 template <typename T, int D, int KMAX>
 static moba_status launch_route_k(const RouteArgs &a, dim3 grid, size_t smem, cudaStream_t stream) {
-    const char *e = KMAX > 0 ? getenv("MOBA_CUDA_ROUTE_OLD_SCAN") : NULL;
-    if constexpr (KMAX > 0)
-        if (e && *e == '1') return launch_route_kk<T, D, KMAX, true>(a, grid, smem, stream);
-    return launch_route_kk<T, D, KMAX, false>(a, grid, smem, stream);
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(route_kernel<T, D, KMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)smem));
+    route_kernel<T, D, KMAX><<<grid, 128, smem, stream>>>(a);
+    MOBA_CUDA_LAUNCHED();
+    return MOBA_OK;
 }
 
 template <typename T, int D>
