@@ -18,6 +18,17 @@
 #include "backward.h"
 #include "sm90.h"
 
+/* The shared-memory carve-up, used by the kernel and (bytes) by the host: K, V [64 KW keys x D], two
+ * stages of gathered q and dO [64 rows x D], dS [64 rows][64 KW + 8], two stages of lse, D, tokens and
+ * positions [64]; plus 1 KiB to align the start to 1024. */
+template <typename T, int D, int KW> struct Bsm90Layout {
+    static constexpr size_t tb = 64 * D * 2, ds_ld = 64 * KW + 8;
+    static constexpr size_t k = 0, v = k + KW * tb, q = v + KW * tb, o = q + 2 * tb, ds = o + 2 * tb;
+    static constexpr size_t lse = ds + 64 * ds_ld * sizeof(T), dlt = lse + 2 * 64 * sizeof(float);
+    static constexpr size_t rows = dlt + 2 * 64 * sizeof(float), pos = rows + 2 * 64 * sizeof(int32_t);
+    static constexpr size_t bytes = 1024 + pos + 2 * 64 * sizeof(int32_t);
+};
+
 template <typename T, int D, bool FUSE_DQ, int KW>
 __global__ void __launch_bounds__(128 * KW, 2 / KW) dkdv_sm90_kernel(BwdArgs a) {
 #ifdef MOBA_WGMMA
@@ -26,10 +37,12 @@ __global__ void __launch_bounds__(128 * KW, 2 / KW) dkdv_sm90_kernel(BwdArgs a) 
     static_assert(KW == 1 || D == 64 * KW, "KW = 2 (d = 128): one 64-column piece of dq per warpgroup");
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
-    char *sK = smem, *sV = sK + KW * TB, *sQ = sV + KW * TB, *sO = sQ + 2 * TB; /* sQ, sO: [2 stages] */
-    T *sDS = reinterpret_cast<T *>(sO + 2 * TB);                                 /* dS [RC][DS_LD] */
-    float *s_lse = reinterpret_cast<float *>(sDS + RC * DS_LD), *s_dlt = s_lse + 2 * RC;     /* [2][RC] */
-    int32_t *s_rows = reinterpret_cast<int32_t *>(s_dlt + 2 * RC), *s_pos = s_rows + 2 * RC; /* [2][RC] */
+    using L = Bsm90Layout<T, D, KW>;
+    static_assert(L::tb == TB && L::ds_ld == DS_LD, "one layout");
+    char *sK = smem + L::k, *sV = smem + L::v, *sQ = smem + L::q, *sO = smem + L::o; /* sQ, sO: [2 stages] */
+    T *sDS = reinterpret_cast<T *>(smem + L::ds);                                      /* dS [RC][DS_LD] */
+    float *s_lse = reinterpret_cast<float *>(smem + L::lse), *s_dlt = reinterpret_cast<float *>(smem + L::dlt);
+    int32_t *s_rows = reinterpret_cast<int32_t *>(smem + L::rows), *s_pos = reinterpret_cast<int32_t *>(smem + L::pos);
 
     const FwdArgs &f = a.f;
     const BwdKeyTile kt = bwd_key_tile(f, KW == 2 ? f.dl.ftiles : f.dl.tiles);
@@ -131,8 +144,7 @@ __global__ void __launch_bounds__(128 * KW, 2 / KW) dkdv_sm90_kernel(BwdArgs a) 
 template <typename T, int D, bool FUSE_DQ, int KW>
 static moba_status launch(const moba_call *c, const BwdArgs &a) {
     const moba_params *p = c->p;
-    constexpr int RC = 64, TB = 64 * D * 2;
-    const size_t smem = 1024 + (2 * KW + 4) * TB + (size_t)RC * (64 * KW + 8) * sizeof(T) + 2 * RC * 4 * sizeof(int32_t);
+    const size_t smem = Bsm90Layout<T, D, KW>::bytes;
     const dim3 grid((unsigned)(KW == 2 ? a.f.dl.num_ftiles : a.f.dl.num_tiles), p->num_kv_heads);
     MOBA_CUDA_TRY(cudaFuncSetAttribute(dkdv_sm90_kernel<T, D, FUSE_DQ, KW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        (int)smem));
