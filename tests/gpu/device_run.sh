@@ -21,7 +21,8 @@
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
 #   ab, ab2   bench/gpu/ab.py: the switch sets AB_SETS (';'-separated) on the cases AB_CASES (default 2,3),
 #             arguments AB_ARGS; ab2 the same with AB2_SETS / AB2_CASES / AB2_ARGS (default AB_ARGS)
-# BUILD_TARGET=name builds only that target (a short call). Each test run has a timeout (rc 124 = a hang). Logs go to $OUT (the device tool brings them back). The copy gets tests/gpu/standalone_tests.cmake
+# BUILD_TARGET=name builds only that target (a short call). Each test run has a timeout (rc 124 = a hang). Logs go to $OUT (the device tool brings back
+# at most 8 files: a call of many phases plus profile_sass.sh loses the rest, so print what matters too). The copy gets tests/gpu/standalone_tests.cmake
 # as its tests/CMakeLists.txt, so tests being written elsewhere in the tree cannot break this run.
 set -u
 # the dispatch modes of test and sanitize (';'-separated switch sets; TEST_MODES / SAN_MODES replace them)
