@@ -21,7 +21,8 @@
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
 #   ab, ab2   bench/gpu/ab.py: the switch sets AB_SETS (';'-separated) on the cases AB_CASES (default 2,3),
 #             arguments AB_ARGS; ab2 the same with AB2_SETS / AB2_CASES / AB2_ARGS (default AB_ARGS)
-# BUILD_TARGET=name builds only that target (a short call). Each test run has a timeout (rc 124 = a hang). Logs go to $OUT (the device tool brings back
+# BUILD_TARGET=name builds only that target (a short call); a carried .prebuilt/ from tests/gpu/prebuild.sh
+# (same tree) skips the build. Each test run has a timeout (rc 124 = a hang). Logs go to $OUT (the device tool brings back
 # at most 8 files: a call of many phases plus profile_sass.sh loses the rest, so print what matters too). The copy gets tests/gpu/standalone_tests.cmake
 # as its tests/CMakeLists.txt, so tests being written elsewhere in the tree cannot break this run.
 set -u
@@ -65,7 +66,11 @@ cd "$SRC"
   sha256sum src/cuda/*.cu src/cuda/*.h | sha256sum | cut -c1-16 | sed 's/^/src\/cuda sha256: /'; } \
   > "$OUT/info.txt" 2>&1
 cat "$OUT/info.txt"
-if ! { cmake -S . -B build -G Ninja -DMOBA_BUILD_TOOLS=OFF -DCMAKE_BUILD_TYPE=Release &&
+# a carried .prebuilt/ (tests/gpu/prebuild.sh) whose stamp matches this tree replaces the build
+if [ -f "$ROOT/.prebuilt/stamp" ] && [ "$(cat "$ROOT/.prebuilt/stamp")" = "$(cd "$ROOT" && bash tests/gpu/build_stamp.sh)" ]; then
+  cp -a "$ROOT/.prebuilt/build" build
+  echo "build: prebuilt here ($(cat "$ROOT/.prebuilt/targets"))" | tee "$OUT/build.log"
+elif ! { cmake -S . -B build -G Ninja -DMOBA_BUILD_TOOLS=OFF -DCMAKE_BUILD_TYPE=Release &&
        cmake --build build -j16 ${BUILD_TARGET:+--target $BUILD_TARGET}; } > "$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
