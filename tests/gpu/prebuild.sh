@@ -1,10 +1,11 @@
 #!/bin/bash
-# Build on this machine what tests/gpu/device_run.sh would build on the GPU machine, into .prebuilt/ (keep
-# it out of git: `echo /.prebuilt/ >> .git/info/exclude`), so that a device call can skip its build - a
-# few minutes of device time per call. It works because the GPU machine's nvcc is the same release as
-# here (13.0, HOPPER.md) and everything device_run.sh runs links the CUDA runtime statically
-# (libmoba.so, the test programs). device_run.sh uses .prebuilt/ when it is carried (`carry: [".prebuilt",
-# ...]`) and its stamp - a hash of the build's inputs - matches the tree; otherwise it builds as before.
+# Build on this machine what tests/gpu/device_run.sh would build on the GPU machine, into .prebuilt/
+# (.gitignore excludes it), so that a device call can skip its build - about a minute of device time per
+# call. It works because the GPU machine's nvcc is the same release as here (13.0) and everything
+# device_run.sh runs links the CUDA runtime statically (libmoba.so, the test programs; they need libgomp
+# and libstdc++ there). device_run.sh uses .prebuilt/ when it is carried (`carry: [".prebuilt", ...]`)
+# and its stamp - a hash of the build's inputs, tests/gpu/build_stamp.sh - matches the tree; otherwise
+# it builds as before.
 #   bash tests/gpu/prebuild.sh [target ...]    default: moba_shared and the four GPU test programs
 set -eu
 ROOT=$(pwd)
