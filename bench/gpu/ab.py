@@ -6,7 +6,7 @@ backward call, on the forward's o and lse), the GPU time of each kernel of one c
 the output's (dq, dk, dv's) relative difference from the first set's.
 
     python3 bench/gpu/ab.py --lib build/libmoba.so --cases 2,3 \
-        --sets "MOBA_CUDA_KBM_QREG=0;MOBA_CUDA_KBM_QREG=1" [--kind random] [--rounds 3] [--reps 5] [--op backward]
+        --sets "MOBA_CUDA_KBM_QREG=0;MOBA_CUDA_KBM_QREG=1" [--kind random,local] [--rounds 3] [--reps 5] [--op backward]
 A set is space-separated NAME=VALUE pairs; sets are separated by ';'. SDPA is timed in every round too
 (--op backward: SDPA's backward alone, autograd on a kept forward graph)."""
 import argparse
@@ -33,7 +33,7 @@ def main():
     ap.add_argument("--lib", default="build/libmoba.so")
     ap.add_argument("--cases", default="2,3", help="indices into bench_forward.TARGETS")
     ap.add_argument("--sets", required=True)
-    ap.add_argument("--kind", default="random")
+    ap.add_argument("--kind", default="random", help="inputs, comma-separated: random, local, clustered")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--op", default="forward", choices=("forward", "backward"))
@@ -41,9 +41,9 @@ def main():
     lib = bf.load_lib(args.lib)
     sets = [s.strip() for s in args.sets.split(";")]
     print(f"# {torch.cuda.get_device_name()}, {args.kind} inputs, {args.rounds} rounds x {args.reps} reps")
-    for case in (int(c) for c in args.cases.split(",")):
+    for case, kind in ((int(c), k) for c in args.cases.split(",") for k in args.kind.split(",")):
         n, h, block, topk, _ = bf.TARGETS[case]
-        fc = bf.ForwardCase(lib, n, h, block, topk, args.kind)
+        fc = bf.ForwardCase(lib, n, h, block, topk, kind)
         qd, kd, vd = (bf.sdpa_layout(x) for x in (fc.q, fc.k, fc.v))
         if args.op == "forward":
             def dense():
@@ -74,7 +74,7 @@ def main():
                     outs[s] = [x.float().clone() for x in outputs]
         apply("")
         ref = outs[sets[0]]
-        print(f"## {args.op} {n // 1024}K H{h} B{block} top_k {topk}: SDPA {statistics.median(times['SDPA']):.3f} ms")
+        print(f"## {args.op} {n // 1024}K H{h} B{block} top_k {topk} {kind}: SDPA {statistics.median(times['SDPA']):.3f} ms")
         for s in sets:
             t = statistics.median(times[s])
             diff = max(((x - y).norm() / y.norm()).item() for x, y in zip(outs[s], ref))
