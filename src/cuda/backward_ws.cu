@@ -66,6 +66,22 @@ template <int D, int NS, int NDS, int DQ> struct BwsLayout {
     static_assert(dq % 16 == 0, "bulk copies read 16-byte aligned rows");
 };
 
+/* A consumer thread's dq fragment (rows g and g + 8, columns nt * 8 + 2c and + 1 of its warp's 16 x 64)
+ * into a row-major fp32 tile of row stride ld, at the fragment's first row and column. */
+__device__ __forceinline__ void store_dq_frag(float *tile, int ld, const float (&q)[8][4], int g, int c) {
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+            *reinterpret_cast<float2 *>(tile + (g + 8 * r) * ld + nt * 8 + 2 * c) = make_float2(q[nt][2 * r], q[nt][2 * r + 1]);
+}
+/* dst[0 .. BYTES/4) += src[...] (shared memory), one bulk reduction in a bulk group of its own. */
+template <int BYTES> __device__ __forceinline__ void bulk_add_f32(float *dst, const float *src) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+                 "cp.async.bulk.commit_group;\n" ::"l"(dst), "r"(moba_smem_addr(src)), "n"(BYTES)
+                 : "memory");
+}
+
 /* NS stages; NDS dS^T buffers (1: the consumers sync once more per chunk, before overwriting it);
  * DQ: DQ_ATOMIC, float2 atomics from the consumers' registers. DQ_BULK: each warp puts its 16 rows x 64
  * columns of dq into shared memory and its lanes add them to dq_acc with one bulk reduction
@@ -131,12 +147,8 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
             mbar_wait(dq_full, k & 1);
             const int r = (tid / 32) * 16 + tid % 32, t = tid % 32 < 16 ? dq_rows[r] : -1;
             if (t >= 0) {
-                float *dst = a.dq_acc + ((int64_t)t * f.Hq + *dq_head) * D;
-                asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 512;\n"
-                             "cp.async.bulk.commit_group;\n"
-                             "cp.async.bulk.wait_group.read 0;\n" ::"l"(dst),
-                             "r"(moba_smem_addr(sDQ + r * BWS_DQ_LDW))
-                             : "memory");
+                bulk_add_f32<512>(a.dq_acc + ((int64_t)t * f.Hq + *dq_head) * D, sDQ + r * BWS_DQ_LDW);
+                asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
             }
             mbar_arrive(dq_empty);
         };
@@ -277,51 +289,27 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
             dq_atomic_add<D>(a, q, t, h, cw * 64, c);
         } else if (WRITER) {
             if (n > 0) mbar_wait(dq_empty, (n - 1) & 1); /* the writer has read the previous chunk's tile */
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int r = 0; r < 2; r++)
-                    *reinterpret_cast<float2 *>(sDQ + (wwarp * 16 + g + 8 * r) * BWS_DQ_LDW + cw * 64 + nt * 8 + 2 * c) =
-                        make_float2(q[nt][2 * r], q[nt][2 * r + 1]);
+            store_dq_frag(sDQ + wwarp * 16 * BWS_DQ_LDW + cw * 64, BWS_DQ_LDW, q, g, c);
             if (lane < 8) dq_rows[(cw * 4 + wwarp) * 8 + lane] = t_lane;
             if (ctid == 0) *dq_head = h;
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* read by the bulk copies */
             mbar_arrive(dq_full);
         } else if (WIDE) {
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int r = 0; r < 2; r++)
-                    *reinterpret_cast<float2 *>(sDQ + (wwarp * 16 + g + 8 * r) * BWS_DQ_LDW + cw * 64 + nt * 8 + 2 * c) =
-                        make_float2(q[nt][2 * r], q[nt][2 * r + 1]);
+            store_dq_frag(sDQ + wwarp * 16 * BWS_DQ_LDW + cw * 64, BWS_DQ_LDW, q, g, c);
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* read by the bulk copies */
             asm volatile("bar.sync 3, 256;\n" ::: "memory");               /* both halves of every row */
-            if (t_lane >= 0) {
-                float *dst = a.dq_acc + ((int64_t)t_lane * f.Hq + h) * D;
-                asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 512;\n"
-                             "cp.async.bulk.commit_group;\n" ::"l"(dst),
-                             "r"(moba_smem_addr(sDQ + ((cw * 4 + wwarp) * 8 + lane) * BWS_DQ_LDW))
-                             : "memory");
-            }
+            if (t_lane >= 0)
+                bulk_add_f32<512>(a.dq_acc + ((int64_t)t_lane * f.Hq + h) * D,
+                                  sDQ + ((cw * 4 + wwarp) * 8 + lane) * BWS_DQ_LDW);
         } else {
             float *rows = sDQ + (cw * 64 + wwarp * 16) * BWS_DQ_LD; /* this warp's 16 rows */
             if (n > 0 && lane < 16) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
             __syncwarp(); /* the previous chunk's reductions have read the tile */
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int r = 0; r < 2; r++)
-                    *reinterpret_cast<float2 *>(rows + (g + 8 * r) * BWS_DQ_LD + nt * 8 + 2 * c) =
-                        make_float2(q[nt][2 * r], q[nt][2 * r + 1]);
+            store_dq_frag(rows, BWS_DQ_LD, q, g, c);
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* read by the bulk copies */
             __syncwarp();
-            if (t_lane >= 0) {
-                float *dst = a.dq_acc + ((int64_t)t_lane * f.Hq + h) * D + cw * 64;
-                asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 256;\n"
-                             "cp.async.bulk.commit_group;\n" ::"l"(dst),
-                             "r"(moba_smem_addr(rows + lane * BWS_DQ_LD))
-                             : "memory");
-            }
+            if (t_lane >= 0)
+                bulk_add_f32<256>(a.dq_acc + ((int64_t)t_lane * f.Hq + h) * D + cw * 64, rows + lane * BWS_DQ_LD);
         }
         if (++st == NS) st = 0, ph ^= 1;
     }

@@ -682,7 +682,7 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
     int64_t bound = pairs / KBM_ROWS + (a.ng < pairs ? a.ng : pairs) + 1 + (a.own ? units : 0);
     if (bound > plan->ktile_cap) bound = plan->ktile_cap;
     if (a.ws_ctas > 0) {
-        const int nq = a.qregs && a.qbufs == 1 ? 1 : 2, ns = nq == 1 ? KBM_WS_STAGES(1) : KBM_WS_STAGES(2);
+        const int nq = a.qregs && a.qbufs == 1 ? 1 : 2, ns = KBM_WS_STAGES(nq);
         const size_t smem = 1024 + (size_t)(nq * 2 * 64 + 2 * ns * SM90_BN) * D * 2 + 8 * (2 * ns + nq);
         const int64_t ctas = bound < a.ws_ctas ? bound : a.ws_ctas;
         auto kernel = !a.qregs ? (a.pingpong ? kbm_attend_ws_kernel<T, D, true, false, 2> : kbm_attend_ws_kernel<T, D, false, false, 2>)
