@@ -15,7 +15,8 @@
 #             kernel before it, MOBA_CUDA_BWD_KW=1 = that with one warpgroup per CTA, MOBA_CUDA_NO_WGMMA=1 =
 #             the portable kernels), its quick subset under memcheck/racecheck (default, wide, writer), and
 #             the per-kernel breakdown of one backward call for each benchmark case (random, local; two
-#             cases also with the other kernels; BWD_NO_BREAKDOWN=1 skips these)
+#             cases also with the other kernels; BWD_NO_BREAKDOWN=1 skips these; BWD_TIMEOUT and
+#             BWD_SAN_TIMEOUT replace the 200 s limit of each test and sanitizer run)
 #   bwdbench  bench/gpu/bench_backward.py --quick (forward+backward vs SDPA)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
@@ -102,13 +103,13 @@ for phase in $phases; do
   backward)
     IFS=';' read -ra envs <<< "${BWD_MODES:-$DEFAULT_BWD_MODES}"
     for env in "${envs[@]}"; do
-      env $env timeout 200 ./build/tests/gpu/test_cuda_backward "$ROOT/.golden" > /tmp/t.log 2>&1
+      env $env timeout ${BWD_TIMEOUT:-200} ./build/tests/gpu/test_cuda_backward "$ROOT/.golden" > /tmp/t.log 2>&1
       echo "test_cuda_backward $env rc=$?" | tee -a "$OUT/backward.log"
       cat /tmp/t.log >> "$OUT/backward.log"; grep -E "FAILED|worst|passed|golden" /tmp/t.log | head -12
     done
     IFS=';' read -ra envs <<< "${BWD_SAN_MODES:-$DEFAULT_BWD_SAN_MODES}"
     for tool in memcheck racecheck; do for env in "${envs[@]}"; do
-      env $env MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
+      env $env MOBA_GPU_TEST_QUICK=1 timeout ${BWD_SAN_TIMEOUT:-200} compute-sanitizer --tool $tool --error-exitcode 9 \
         ./build/tests/gpu/test_cuda_backward "$ROOT/.golden" > /tmp/t.log 2>&1
       echo "compute-sanitizer $tool backward $env rc=$?" | tee -a "$OUT/backward.log"
       cat /tmp/t.log >> "$OUT/backward.log"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED" /tmp/t.log | head -5
