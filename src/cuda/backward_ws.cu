@@ -6,7 +6,8 @@
  *     of the group) and gathers each chunk of 64 rows - q and dO in sm90.h's swizzled layout, token,
  *     position, lse, D - into a ring of BWS_STAGES stages by cp.async. Once a stage's copies have
  *     landed it arrives on the stage's "full" mbarrier; after the last chunk it publishes a stage with
- *     head -1. It never waits for the consumers except for a free stage ("empty").
+ *     head -1. It waits for the consumers only for a free stage ("empty") and, as the dq writer (below),
+ *     for a finished dq tile.
  *   warpgroups 1 and 2, the consumers, hold dk and dv of 64 keys each in registers. Per chunk:
  *     S^T = K Q^T, dP^T = V dO^T                  (both operands from shared memory)
  *     P^T = exp(s S^T - lse) masked                (after both: computing P^T while dP^T runs, with
@@ -16,9 +17,11 @@
  *     one after both halves are in)
  *     dq[:, 64 w ..] = dS K[:, 64 w ..]            (both operands from shared memory, transposed: no
  *                                                   fragments, no spills)
- *     wait, release the stage; each warp puts its 16 rows of dq into shared memory and adds each row
- *     to dq_acc with one bulk reduction (cp.reduce.async.bulk .add.f32, 256 bytes) - or, in the
- *     atomics form, float2 atomics as backward_sm90.cu.
+ *     wait, release the stage; put dq into one shared [64 rows][128] tile (after the producer has sent
+ *     the previous one) and arrive on its mbarrier - or, in the other forms, add each warp's rows to
+ *     dq_acc with the consumers' own bulk reductions, or float2 atomics as backward_sm90.cu.
+ *   the producer warpgroup also sends the dq tiles: one bulk reduction (cp.reduce.async.bulk .add.f32,
+ *     512 bytes) per row into dq_acc, then releases the tile.
  * What it changes against backward_sm90.cu: the gathers run on their own warps, up to two chunks
  * ahead, instead of between the products; no CTA-wide barrier in the loop; the consumers get 232
  * registers (setmaxnreg). Every product, weight and sum is the one that kernel computes, in the same
@@ -32,9 +35,9 @@
 
 #define BWS_THREADS 384
 #define BWS_STAGES 3           /* 3 x 32 KiB of gathered q / dO beside 64 KiB of K, V, 16 KiB of dS^T and
-                                  36 KiB of dq tiles */
+                                  34-36 KiB of dq tiles */
 #define BWS_DQ_LD 72           /* row stride (floats) of the bulk form's dq tiles: 64-bit stores without conflicts */
-#define BWS_DQ_LDW 136         /* the same for the wide form's one [64 rows][128] tile (136 = 8 mod 32 as 72) */
+#define BWS_DQ_LDW 136         /* the same for the writer's one [64 rows][128] tile (136 = 8 mod 32 as 72) */
 #define BWS_PRODUCER_REGS 40   /* 40 * 128 + 232 * 256 = the 168 * 384 registers of the launch */
 #define BWS_CONSUMER_REGS 232
 
@@ -46,22 +49,24 @@ struct BwsMeta {
 };
 
 /* How dq leaves the kernel (the kernel's comment below says more): float2 atomics; bulk reductions of
- * 256 bytes per row and warpgroup (the default); one of 512 bytes per row from a shared tile; the same
- * tile sent by the producer warpgroup. */
-enum { DQ_ATOMIC = 0, DQ_BULK = 1, DQ_WIDE = 2, DQ_WRITER = 3 };
+ * 256 bytes per row and warpgroup, issued by the consumers; one of 512 bytes per row from a shared tile,
+ * issued by the producer warpgroup (the default) - late in its loop or (DQ_WRITER_EARLY) as soon as the
+ * chunk's stage is free. */
+enum { DQ_ATOMIC = 0, DQ_BULK = 1, DQ_WRITER = 2, DQ_WRITER_EARLY = 3 };
 
 /* The shared-memory carve-up, used by the kernel and (bytes) by the host: K, V [128 keys x D], NS
  * stages of gathered q and dO [64 rows x D], NDS dS^T buffers [128 x 64], the full and empty mbarriers
- * (DQ_WRITER: and the dq tile's full and empty), NS stages of row data, the dq tiles of the bulk forms
- * (DQ_WRITER: then the tile's 64 tokens and its head); plus 1 KiB to align the start to 1024. */
+ * (the writer forms: and the dq tile's full and empty), NS stages of row data, the dq tiles of the bulk
+ * forms (the writer: then the tile's 64 tokens and its head); plus 1 KiB to align the start to 1024. */
 template <int D, int NS, int NDS, int DQ> struct BwsLayout {
     static constexpr size_t kv = 128 * D * 2, stage = 64 * D * 2, ds = 128 * 64 * 2;
     static constexpr size_t k = 0, v = k + kv, q = v + kv, o = q + NS * stage, dS = o + NS * stage;
-    static constexpr size_t bars = dS + NDS * ds, meta = bars + (2 * NS + (DQ == DQ_WRITER ? 2 : 0)) * sizeof(uint64_t);
+    static constexpr bool writer = DQ >= DQ_WRITER;
+    static constexpr size_t bars = dS + NDS * ds, meta = bars + (2 * NS + (writer ? 2 : 0)) * sizeof(uint64_t);
     static constexpr size_t dq = meta + NS * sizeof(BwsMeta);
     static constexpr size_t dq_bytes = DQ == DQ_ATOMIC ? 0
                                        : DQ == DQ_BULK ? 128 * BWS_DQ_LD * sizeof(float)
-                                                       : 64 * BWS_DQ_LDW * sizeof(float) + (DQ == DQ_WRITER ? 65 * 4 : 0);
+                                                       : 64 * BWS_DQ_LDW * sizeof(float) + 65 * 4;
     static constexpr size_t bytes = 1024 + dq + dq_bytes;
     static_assert(dq % 16 == 0, "bulk copies read 16-byte aligned rows");
 };
@@ -85,29 +90,29 @@ template <int BYTES> __device__ __forceinline__ void bulk_add_f32(float *dst, co
 /* NS stages; NDS dS^T buffers (1: the consumers sync once more per chunk, before overwriting it);
  * DQ: DQ_ATOMIC, float2 atomics from the consumers' registers. DQ_BULK: each warp puts its 16 rows x 64
  * columns of dq into shared memory and its lanes add them to dq_acc with one bulk reduction
- * (cp.reduce.async.bulk) of 256 bytes per row. DQ_WIDE (NDS 1): both warpgroups' halves go into one
- * [64][128] tile and, after a named barrier, each row goes out as one reduction of 512 bytes, eight rows
- * per warp: half the bulk operations, whose issue (a loop over the lanes: the operands must be uniform)
- * the profile of 2026-12-07 put at about a fifth of the consumers' stall samples. DQ_WRITER (NDS 1): the
- * consumers only store the tile (and its tokens) and arrive on an mbarrier; the producer warpgroup,
- * which waits on free stages most of the time, sends the rows and releases the tile. */
+ * (cp.reduce.async.bulk) of 256 bytes per row; issuing them (a loop over the lanes: the operands must
+ * be uniform) held about a fifth of the consumers' stall samples in the profile of 2026-12-07.
+ * DQ_WRITER (NDS 1): the consumers only store both halves into one [64][128] tile (and its tokens) and
+ * arrive on an mbarrier; the producer warpgroup, which waits on free stages most of the time, sends
+ * each row as one 512-byte reduction and releases the tile: 9-11% faster than DQ_BULK (H100,
+ * 2026-12-07). DQ_WRITER_EARLY: the same, but the producer sends chunk k's tile right after chunk k's
+ * stage is freed instead of after gathering the next chunk, so the consumers wait less for the tile. */
 template <typename T, int D, int NS, int NDS, int DQ>
 __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
 #ifdef MOBA_WGMMA
     static_assert(D == 128, "two consumers of 64 keys, each 64 of dq's columns");
     /* rows per chunk; keys per CTA; stages; bytes of a gathered [64 x D] tile, of K (or V), of dS^T */
     constexpr int RC = 64, KN = 128, TB = RC * D * 2, DSB = KN * RC * 2;
-    constexpr bool BULK = DQ != DQ_ATOMIC, WIDE = DQ >= DQ_WIDE, WRITER = DQ == DQ_WRITER;
+    constexpr bool BULK = DQ != DQ_ATOMIC, WRITER = DQ >= DQ_WRITER, EARLY = DQ == DQ_WRITER_EARLY;
     using L = BwsLayout<D, NS, NDS, DQ>;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
     char *sK = smem + L::k, *sV = smem + L::v, *sQ = smem + L::q, *sO = smem + L::o, *sDS = smem + L::dS;
     uint64_t *full = reinterpret_cast<uint64_t *>(smem + L::bars), *empty = full + NS;
     BwsMeta *meta = reinterpret_cast<BwsMeta *>(smem + L::meta);
-    float *sDQ = reinterpret_cast<float *>(smem + L::dq); /* BULK: [2 warpgroups][64 rows][BWS_DQ_LD];
-                                                              WIDE: [64 rows][BWS_DQ_LDW] */
-    static_assert(!WIDE || NDS == 1, "the wide form waits for its reads before barrier 2");
-    /* DQ_WRITER: the tile's full (256 consumer arrivals) and empty (128 producer arrivals) mbarriers, and
+    float *sDQ = reinterpret_cast<float *>(smem + L::dq); /* DQ_BULK: [2 warpgroups][64 rows][BWS_DQ_LD];
+                                                              WRITER: [64 rows][BWS_DQ_LDW] */
+    /* WRITER: the tile's full (256 consumer arrivals) and empty (128 producer arrivals) mbarriers, and
      * the tokens and head of the tile's rows (the stage's row data may be reused before the tile leaves) */
     uint64_t *dq_full = empty + NS, *dq_empty = dq_full + 1;
     int32_t *dq_rows = reinterpret_cast<int32_t *>(sDQ + 64 * BWS_DQ_LDW), *dq_head = dq_rows + 64;
@@ -139,10 +144,10 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
             mbar_arrive(&full[st]);
         };
-        /* DQ_WRITER: chunk k's dq tile goes out, 16 rows per warp, one 512-byte reduction each; once
-         * their reads are done the tile is released. Chunk k is written when its stage has just been
-         * reused (k = n - NS), so the consumers are at most a chunk from finishing it, and the rest after
-         * the last chunk. */
+        /* WRITER: chunk k's dq tile goes out, 16 rows per warp, one 512-byte reduction each; once their
+         * reads are done the tile is released. Chunk k = n - NS is written in iteration n - after its
+         * stage was freed (EARLY: right after; else after gathering chunk n), so the consumers are at most
+         * a chunk from finishing it - and the rest after the last chunk. */
         auto write_dq = [&](int k) {
             mbar_wait(dq_full, k & 1);
             const int r = (tid / 32) * 16 + tid % 32, t = tid % 32 < 16 ? dq_rows[r] : -1;
@@ -157,6 +162,7 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         int st = 0, ph = 0, prev = -1, n = 0;
         for (; cur.gi < f.group; n++) {
             if (n >= NS) mbar_wait(&empty[st], ph ^ 1);
+            if (EARLY && n >= NS) write_dq(n - NS);
             const int h = hk * f.group + cur.gi;
             BwsMeta &m = meta[st];
             bwd_row_meta<RC>(a, cur, h, kt.seq0, m.rows, m.pos, m.lse, m.dlt, tid);
@@ -171,7 +177,7 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
             prev = st;
             if (++st == NS) st = 0, ph ^= 1;
             cur.next<RC>(a, kt.tile, hk, kt.seq0, kt.len);
-            if (WRITER && n >= NS) write_dq(n - NS);
+            if (WRITER && !EARLY && n >= NS) write_dq(n - NS);
         }
         if (n >= NS) mbar_wait(&empty[st], ph ^ 1);
         if (tid == 0) meta[st].head = -1; /* the end */
@@ -253,8 +259,6 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         const int dsb = NDS == 1 ? 0 : n & 1;
         char *ds_buf = sDS + dsb * DSB;
         if (NDS == 1 && n > 0) {
-            /* WIDE: every row's reduction of the previous chunk has read the tile before anyone rewrites it */
-            if (WIDE && !WRITER && lane < 8) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
             asm volatile("bar.sync 2, 256;\n" ::: "memory");
         }
 #pragma unroll
@@ -278,8 +282,8 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         }
         const int32_t t[2] = {m.rows[wwarp * 16 + g], m.rows[wwarp * 16 + g + 8]};
-        const int32_t t_lane = WIDE ? (lane < 8 ? m.rows[(cw * 4 + wwarp) * 8 + lane] : -1)
-                                    : (BULK && lane < 16 ? m.rows[wwarp * 16 + lane] : -1);
+        const int32_t t_lane = WRITER ? (lane < 8 ? m.rows[(cw * 4 + wwarp) * 8 + lane] : -1)
+                                      : (BULK && lane < 16 ? m.rows[wwarp * 16 + lane] : -1);
         wg_wait<0>();
         fence_regs<32>(&q[0][0]);
         fence_regs<D / 2>(&dv[0][0]);
@@ -294,13 +298,6 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
             if (ctid == 0) *dq_head = h;
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* read by the bulk copies */
             mbar_arrive(dq_full);
-        } else if (WIDE) {
-            store_dq_frag(sDQ + wwarp * 16 * BWS_DQ_LDW + cw * 64, BWS_DQ_LDW, q, g, c);
-            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* read by the bulk copies */
-            asm volatile("bar.sync 3, 256;\n" ::: "memory");               /* both halves of every row */
-            if (t_lane >= 0)
-                bulk_add_f32<512>(a.dq_acc + ((int64_t)t_lane * f.Hq + h) * D,
-                                  sDQ + ((cw * 4 + wwarp) * 8 + lane) * BWS_DQ_LDW);
         } else {
             float *rows = sDQ + (cw * 64 + wwarp * 16) * BWS_DQ_LD; /* this warp's 16 rows */
             if (n > 0 && lane < 16) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
@@ -333,18 +330,18 @@ static moba_status launch(const moba_call *c, const BwdArgs &a) {
     return MOBA_OK;
 }
 
-/* The default: three stages, one dS^T buffer, dq by bulk reduction (H100, 2026-12-07: 2-9% faster than
- * float2 atomics beside two dS^T buffers; four stages with atomics were slower at 128K and 1M, and P^T
- * computed while dP^T runs was mixed, -2% .. +4%: both forms are gone). For measurement
- * (docs/cuda-backward.md): MOBA_CUDA_BWD_WS_DQ=atomic, the atomics form; =wide, one reduction of 512
- * bytes per row; =writer, the same sent by the producer warpgroup (these two not yet run on a GPU). */
+/* The default: three stages, one dS^T buffer, dq sent by the producer warpgroup (H100, 2026-12-07: the
+ * backward call 9-14% faster than the consumers' own bulk reductions, which were 2-9% faster than float2
+ * atomics; 512-byte reductions issued by the consumers were -4% .. +4% and are gone, as are four stages
+ * and P^T computed while dP^T runs). For measurement (docs/cuda-backward.md): MOBA_CUDA_BWD_WS_DQ=atomic,
+ * =bulk (the consumers' reductions), =early (DQ_WRITER_EARLY, not yet run on a GPU). */
 template <typename T>
 static moba_status launch_variant(const moba_call *c, const BwdArgs &a) {
     const char *dq = getenv("MOBA_CUDA_BWD_WS_DQ");
     if (dq && *dq == 'a') return launch<T, BWS_STAGES, 2, DQ_ATOMIC>(c, a);
-    if (dq && !strcmp(dq, "wide")) return launch<T, BWS_STAGES, 1, DQ_WIDE>(c, a);
-    if (dq && !strcmp(dq, "writer")) return launch<T, BWS_STAGES, 1, DQ_WRITER>(c, a);
-    return launch<T, BWS_STAGES, 1, DQ_BULK>(c, a);
+    if (dq && !strcmp(dq, "bulk")) return launch<T, BWS_STAGES, 1, DQ_BULK>(c, a);
+    if (dq && !strcmp(dq, "early")) return launch<T, BWS_STAGES, 1, DQ_WRITER_EARLY>(c, a);
+    return launch<T, BWS_STAGES, 1, DQ_WRITER>(c, a);
 }
 
 bool moba_cuda_dkdv_ws_applies(const moba_call *c) {
