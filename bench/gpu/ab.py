@@ -8,7 +8,9 @@ the output's (dq, dk, dv's) relative difference from the first set's.
     python3 bench/gpu/ab.py --lib build/libmoba.so --cases 2,3 \
         --sets "MOBA_CUDA_KBM_QREG=0;MOBA_CUDA_KBM_QREG=1" [--kind random,local] [--rounds 3] [--reps 5] [--op backward]
 A set is space-separated NAME=VALUE pairs; sets are separated by ';'. SDPA is timed in every round too
-(--op backward: SDPA's backward alone, autograd on a kept forward graph)."""
+(--op backward: SDPA's backward alone, autograd on a kept forward graph). LIB=path in a set runs that
+set on another build of the library (e.g. the previous commit's, tests/gpu/prebuild_base.sh): the
+previous version side by side, on the same inputs."""
 import argparse
 import os
 import statistics
@@ -25,7 +27,14 @@ def apply(env_set):
         del os.environ[name]
     for pair in env_set.split():
         name, value = pair.split("=", 1)
-        os.environ[name] = value
+        if name != "LIB":
+            os.environ[name] = value
+
+
+def lib_path(env_set, default):
+    """The library a set runs on: its LIB=path, else --lib."""
+    paths = [pair[4:] for pair in env_set.split() if pair.startswith("LIB=")]
+    return paths[-1] if paths else default
 
 
 def main():
@@ -40,6 +49,8 @@ def main():
     args = ap.parse_args()
     lib = bf.load_lib(args.lib)
     sets = [s.strip() for s in args.sets.split(";")]
+    libs = {path: bf.load_lib(path) for path in {lib_path(s, args.lib) for s in sets}}  # ctypes: RTLD_LOCAL
+    set_lib = {s: libs[lib_path(s, args.lib)] for s in sets}
     print(f"# {torch.cuda.get_device_name()}, {args.kind} inputs, {args.rounds} rounds x {args.reps} reps")
     for case, kind in ((int(c), k) for c in args.cases.split(",") for k in args.kind.split(",")):
         n, h, block, topk, _ = bf.TARGETS[case]
@@ -48,7 +59,8 @@ def main():
         if args.op == "forward":
             def dense():
                 return F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)
-            call, outputs = fc.forward, (fc.o,)
+            calls = {s: fc.forward for s in sets}
+            outputs = (fc.o,)
         else:
             qg, kg, vg = (x.detach().requires_grad_() for x in (qd, kd, vd))
             od = F.scaled_dot_product_attention(qg, kg, vg, is_causal=True)
@@ -56,7 +68,11 @@ def main():
 
             def dense():
                 return torch.autograd.grad(od, (qg, kg, vg), dod, retain_graph=True)
-            call, _, outputs = backward_call(lib, fc)
+            # one dO and one set of outputs for every set: each library gets a call on the same buffers
+            do, outputs, calls = None, None, {}
+            for s in sets:
+                fc.lib = set_lib[s]
+                calls[s], _, outputs, do = backward_call(set_lib[s], fc, do, outputs)
 
         times = {s: [] for s in sets + ["SDPA"]}
         kernels, outs = {}, {}
@@ -64,13 +80,14 @@ def main():
             times["SDPA"].append(bf.time_ms(dense, args.reps))
             for s in sets:
                 apply(s)
+                fc.lib = set_lib[s]
                 if args.op == "backward":
                     fc.forward()  # o and lse of this set's forward
-                times[s].append(bf.time_ms(call, args.reps))
+                times[s].append(bf.time_ms(calls[s], args.reps))
                 if r == 0:
                     for x in outputs:
                         x.fill_(float("nan"))
-                    kernels[s] = {k: t / 1000 for k, (_, t) in kernel_times(call).items()}
+                    kernels[s] = {k: t / 1000 for k, (_, t) in kernel_times(calls[s]).items()}
                     outs[s] = [x.float().clone() for x in outputs]
         apply("")
         ref = outs[sets[0]]

@@ -34,14 +34,15 @@ def kernel_times(fn):
     return rows
 
 
-def backward_call(lib, fc):
-    """One MoBA backward call on fc's inputs, the forward's o and lse (run once here) and a random dO:
-    (the call, its workspace bytes, (dq, dk, dv) it writes)."""
+def backward_call(lib, fc, do=None, grads=None):
+    """One MoBA backward call on fc's inputs, the forward's o and lse (run once here) and dO (random
+    unless given): (the call, its workspace bytes, (dq, dk, dv) it writes, dO)."""
     q, k, v, o, lse, p = fc.q, fc.k, fc.v, fc.o, fc.lse, fc.p
     n, h = q.shape[0], q.shape[1]
     fc.forward()
-    do = torch.randn(n, h, bf.D, device="cuda", dtype=torch.bfloat16, generator=fc.gen)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if do is None:
+        do = torch.randn(n, h, bf.D, device="cuda", dtype=torch.bfloat16, generator=fc.gen)
+    dq, dk, dv = grads if grads else (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
     ws = bf.workspace_bytes(lib, p, bf.OP_BACKWARD)
     bws = torch.empty(max(ws, 1), device="cuda", dtype=torch.uint8)
 
@@ -50,7 +51,7 @@ def backward_call(lib, fc):
                                         v.data_ptr(), o.data_ptr(), lse.data_ptr(), dq.data_ptr(),
                                         dk.data_ptr(), dv.data_ptr(), bws.data_ptr(), ws),
                  "moba_backward")
-    return call, ws, (dq, dk, dv)
+    return call, ws, (dq, dk, dv), do
 
 
 def main():
@@ -67,7 +68,7 @@ def main():
     if args.op == "forward":
         moba, ws_shown = fc.forward, fc.ws_bytes
     else:  # profile the backward alone, on the forward's o and lse
-        moba, ws_shown, _ = backward_call(lib, fc)
+        moba, ws_shown, _, _ = backward_call(lib, fc)
 
     rows = kernel_times(moba)
     total = sum(t for _, t in rows.values())

@@ -36,7 +36,7 @@ __global__ void __launch_bounds__(128 * KW, 2 / KW) dkdv_sm90_kernel(BwdArgs a) 
     constexpr int RC = 64, KN = 64 * KW, THREADS = 128 * KW, TB = 64 * D * 2, DS_LD = KN + 8;
     static_assert(KW == 1 || D == 64 * KW, "KW = 2 (d = 128): one 64-column piece of dq per warpgroup");
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    char *smem = moba_smem_align1024(smem_raw);
     using L = Bsm90Layout<T, D, KW>;
     static_assert(L::tb == TB && L::ds_ld == DS_LD, "one layout");
     char *sK = smem + L::k, *sV = smem + L::v, *sQ = smem + L::q, *sO = smem + L::o; /* sQ, sO: [2 stages] */

@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
     constexpr bool BULK = DQ != DQ_ATOMIC, WRITER = DQ >= DQ_WRITER, EARLY = DQ == DQ_WRITER_EARLY;
     using L = BwsLayout<D, NS, NDS, DQ>;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    char *smem = moba_smem_align1024(smem_raw);
     char *sK = smem + L::k, *sV = smem + L::v, *sQ = smem + L::q, *sO = smem + L::o, *sDS = smem + L::dS;
     uint64_t *full = reinterpret_cast<uint64_t *>(smem + L::bars), *empty = full + NS;
     BwsMeta *meta = reinterpret_cast<BwsMeta *>(smem + L::meta);

@@ -227,7 +227,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 2) kbm_attend_kernel(KbmArgs a) 
     constexpr int BN = SM90_BN, ROWS = 64;
     constexpr int Q_BYTES = ROWS * D * 2, KV_BYTES = BN * D * 2;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    char *smem = moba_smem_align1024(smem_raw);
     char *sQ = smem, *sK = sQ + SM90_WGS * Q_BYTES, *sV = sK + 2 * KV_BYTES;
     if ((int)blockIdx.x >= *a.ntiles) return; /* the grid is an upper bound */
     const int4 tile = a.tiles[blockIdx.x];
@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
     constexpr int BN = SM90_BN, ROWS = 64, NS = KBM_WS_STAGES(NQ), LAG = 1;
     constexpr int Q_BYTES = ROWS * D * 2, KV_BYTES = BN * D * 2;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    char *smem = moba_smem_align1024(smem_raw);
     char *sQ = smem, *sK = sQ + NQ * 2 * Q_BYTES, *sV = sK + NS * KV_BYTES;
     uint64_t *full = reinterpret_cast<uint64_t *>(sV + NS * KV_BYTES), *empty = full + NS, *qempty = empty + NS;
     const int ntiles = *a.ntiles;

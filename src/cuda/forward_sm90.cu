@@ -22,7 +22,7 @@ __global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdAr
     constexpr int BN = SM90_BN, ROWS = 64; /* rows per warpgroup */
     constexpr int Q_BYTES = ROWS * D * 2, KV_BYTES = BN * D * 2;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    char *smem = (char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023); /* swizzle atoms: 1 KiB aligned */
+    char *smem = moba_smem_align1024(smem_raw); /* swizzle atoms: 1 KiB aligned */
     char *sQ = smem, *sK = sQ + SM90_WGS * Q_BYTES, *sV = sK + 2 * KV_BYTES;
     uint32_t *need = reinterpret_cast<uint32_t *>(sV + 2 * KV_BYTES); /* [warps] does a warp need the chunk */
     uint32_t *bitmap = need + SM90_WGS * 4;
