@@ -50,9 +50,8 @@ struct BwsMeta {
 
 /* How dq leaves the kernel (the kernel's comment below says more): float2 atomics; bulk reductions of
  * 256 bytes per row and warpgroup, issued by the consumers; one of 512 bytes per row from a shared tile,
- * issued by the producer warpgroup (the default) - late in its loop or (DQ_WRITER_EARLY) as soon as the
- * chunk's stage is free. */
-enum { DQ_ATOMIC = 0, DQ_BULK = 1, DQ_WRITER = 2, DQ_WRITER_EARLY = 3 };
+ * issued by the producer warpgroup (the default). */
+enum { DQ_ATOMIC = 0, DQ_BULK = 1, DQ_WRITER = 2 };
 
 /* The shared-memory carve-up, used by the kernel and (bytes) by the host: K, V [128 keys x D], NS
  * stages of gathered q and dO [64 rows x D], NDS dS^T buffers [128 x 64], the full and empty mbarriers
@@ -61,8 +60,7 @@ enum { DQ_ATOMIC = 0, DQ_BULK = 1, DQ_WRITER = 2, DQ_WRITER_EARLY = 3 };
 template <int D, int NS, int NDS, int DQ> struct BwsLayout {
     static constexpr size_t kv = 128 * D * 2, stage = 64 * D * 2, ds = 128 * 64 * 2;
     static constexpr size_t k = 0, v = k + kv, q = v + kv, o = q + NS * stage, dS = o + NS * stage;
-    static constexpr bool writer = DQ >= DQ_WRITER;
-    static constexpr size_t bars = dS + NDS * ds, meta = bars + (2 * NS + (writer ? 2 : 0)) * sizeof(uint64_t);
+    static constexpr size_t bars = dS + NDS * ds, meta = bars + (2 * NS + (DQ == DQ_WRITER ? 2 : 0)) * sizeof(uint64_t);
     static constexpr size_t dq = meta + NS * sizeof(BwsMeta);
     static constexpr size_t dq_bytes = DQ == DQ_ATOMIC ? 0
                                        : DQ == DQ_BULK ? 128 * BWS_DQ_LD * sizeof(float)
@@ -94,16 +92,16 @@ template <int BYTES> __device__ __forceinline__ void bulk_add_f32(float *dst, co
  * be uniform) held about a fifth of the consumers' stall samples in the profile of 2026-12-07.
  * DQ_WRITER (NDS 1): the consumers only store both halves into one [64][128] tile (and its tokens) and
  * arrive on an mbarrier; the producer warpgroup, which waits on free stages most of the time, sends
- * each row as one 512-byte reduction and releases the tile: 9-11% faster than DQ_BULK (H100,
- * 2026-12-07). DQ_WRITER_EARLY: the same, but the producer sends chunk k's tile right after chunk k's
- * stage is freed instead of after gathering the next chunk, so the consumers wait less for the tile. */
+ * each row as one 512-byte reduction and releases the tile: 10-14% faster than DQ_BULK (H100,
+ * 2026-12-07). Sending chunk k's tile right after its stage is freed, before gathering the next chunk,
+ * was -7% at 32K and +2% at 128K (measured, removed). */
 template <typename T, int D, int NS, int NDS, int DQ>
 __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
 #ifdef MOBA_WGMMA
     static_assert(D == 128, "two consumers of 64 keys, each 64 of dq's columns");
     /* rows per chunk; keys per CTA; stages; bytes of a gathered [64 x D] tile, of K (or V), of dS^T */
     constexpr int RC = 64, KN = 128, TB = RC * D * 2, DSB = KN * RC * 2;
-    constexpr bool BULK = DQ != DQ_ATOMIC, WRITER = DQ >= DQ_WRITER, EARLY = DQ == DQ_WRITER_EARLY;
+    constexpr bool BULK = DQ != DQ_ATOMIC, WRITER = DQ == DQ_WRITER;
     using L = BwsLayout<D, NS, NDS, DQ>;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     char *smem = moba_smem_align1024(smem_raw);
@@ -145,9 +143,9 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
             mbar_arrive(&full[st]);
         };
         /* WRITER: chunk k's dq tile goes out, 16 rows per warp, one 512-byte reduction each; once their
-         * reads are done the tile is released. Chunk k = n - NS is written in iteration n - after its
-         * stage was freed (EARLY: right after; else after gathering chunk n), so the consumers are at most
-         * a chunk from finishing it - and the rest after the last chunk. */
+         * reads are done the tile is released. Chunk k is written when its stage has just been reused
+         * (k = n - NS), so the consumers are at most a chunk from finishing it, and the rest after the
+         * last chunk. */
         auto write_dq = [&](int k) {
             mbar_wait(dq_full, k & 1);
             const int r = (tid / 32) * 16 + tid % 32, t = tid % 32 < 16 ? dq_rows[r] : -1;
@@ -162,7 +160,6 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         int st = 0, ph = 0, prev = -1, n = 0;
         for (; cur.gi < f.group; n++) {
             if (n >= NS) mbar_wait(&empty[st], ph ^ 1);
-            if (EARLY && n >= NS) write_dq(n - NS);
             const int h = hk * f.group + cur.gi;
             BwsMeta &m = meta[st];
             bwd_row_meta<RC>(a, cur, h, kt.seq0, m.rows, m.pos, m.lse, m.dlt, tid);
@@ -177,7 +174,7 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
             prev = st;
             if (++st == NS) st = 0, ph ^= 1;
             cur.next<RC>(a, kt.tile, hk, kt.seq0, kt.len);
-            if (WRITER && !EARLY && n >= NS) write_dq(n - NS);
+            if (WRITER && n >= NS) write_dq(n - NS);
         }
         if (n >= NS) mbar_wait(&empty[st], ph ^ 1);
         if (tid == 0) meta[st].head = -1; /* the end */
@@ -334,13 +331,12 @@ static moba_status launch(const moba_call *c, const BwdArgs &a) {
  * backward call 9-14% faster than the consumers' own bulk reductions, which were 2-9% faster than float2
  * atomics; 512-byte reductions issued by the consumers were -4% .. +4% and are gone, as are four stages
  * and P^T computed while dP^T runs). For measurement (docs/cuda-backward.md): MOBA_CUDA_BWD_WS_DQ=atomic,
- * =bulk (the consumers' reductions), =early (DQ_WRITER_EARLY, not yet run on a GPU). */
+ * =bulk (the consumers' reductions). */
 template <typename T>
 static moba_status launch_variant(const moba_call *c, const BwdArgs &a) {
     const char *dq = getenv("MOBA_CUDA_BWD_WS_DQ");
     if (dq && *dq == 'a') return launch<T, BWS_STAGES, 2, DQ_ATOMIC>(c, a);
     if (dq && !strcmp(dq, "bulk")) return launch<T, BWS_STAGES, 1, DQ_BULK>(c, a);
-    if (dq && !strcmp(dq, "early")) return launch<T, BWS_STAGES, 1, DQ_WRITER_EARLY>(c, a);
     return launch<T, BWS_STAGES, 1, DQ_WRITER>(c, a);
 }
 

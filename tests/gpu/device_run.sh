@@ -11,9 +11,9 @@
 #   memory), MOBA_CUDA_KBM_PP=1 (ping-pong consumers); sanitize the default and the smallest-pass runs of
 #   the key-block-major kernels: plain, warp-specialised, five stages, Q from shared memory)
 #   backward  test_cuda_backward (+ golden gradients; default, the warp-specialised kernel's variants
-#             MOBA_CUDA_BWD_WS_DQ=atomic, =bulk and =early, MOBA_CUDA_BWD_WS=0 = the Hopper dk/dv
+#             MOBA_CUDA_BWD_WS_DQ=atomic and =bulk, MOBA_CUDA_BWD_WS=0 = the Hopper dk/dv
 #             kernel before it, MOBA_CUDA_BWD_KW=1 = that with one warpgroup per CTA, MOBA_CUDA_NO_WGMMA=1 =
-#             the portable kernels), its quick subset under memcheck/racecheck (default, early), and
+#             the portable kernels), its quick subset under memcheck/racecheck (default, bulk), and
 #             the per-kernel breakdown of one backward call for each benchmark case (random, local; two
 #             cases also with the other kernels; BWD_NO_BREAKDOWN=1 skips these; BWD_TIMEOUT and
 #             BWD_SAN_TIMEOUT replace the 200 s limit of each test and sanitizer run)
@@ -45,11 +45,11 @@ DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_STAGES=5 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0 MOBA_CUDA_KBM_PAIRS=1"
 # the dispatch modes of backward (BWD_MODES replaces them) and of its sanitizer runs (BWD_SAN_MODES): the
-# default, the warp-specialised kernel's other dq forms (atomics, the consumers' bulk reductions, the early
-# writer), the kernels before it
-DEFAULT_BWD_MODES="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_BWD_WS_DQ=atomic;MOBA_CUDA_BWD_WS_DQ=bulk;MOBA_CUDA_BWD_WS_DQ=early;MOBA_CUDA_BWD_WS=0"
+# default, the warp-specialised kernel's other dq forms (atomics, the consumers' bulk reductions), the
+# kernels before it
+DEFAULT_BWD_MODES="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_BWD_WS_DQ=atomic;MOBA_CUDA_BWD_WS_DQ=bulk;MOBA_CUDA_BWD_WS=0"
 DEFAULT_BWD_MODES+=";MOBA_CUDA_BWD_KW=1;MOBA_CUDA_NO_WGMMA=1"
-DEFAULT_BWD_SAN_MODES="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_BWD_WS_DQ=early"
+DEFAULT_BWD_SAN_MODES="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_BWD_WS_DQ=bulk"
 OUT=${OUT:-/tmp/moba-out}
 mkdir -p "$OUT"
 phases=${*:-test sanitize bench}
