@@ -30,8 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <type_traits>
-
 #include "backward.h"
 #include "sm90.h"
 
@@ -207,8 +205,6 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
     const float sl2 = f.scale_log2, log2e = 1.4426950408889634f;
     const int kq = kt.kpos0 + key0 + g; /* position of this lane's first key */
     const bool kv0 = key0 + g < kt.nkeys, kv1 = key0 + g + 8 < kt.nkeys;
-    const bool full_tile = kt.nkeys == KN;
-    const int last_key = kt.kpos0 + KN - 1; /* position of the tile's last key when it is full */
     int st = 0, ph = 0;
     for (int n = 0;; n++) {
         mbar_wait(&full[st], ph);
@@ -229,35 +225,20 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
         wg_wait<0>();
         fence_regs<RC / 2>(&s[0][0]);
         fence_regs<RC / 2>(&dp[0][0]);
-        /* P^T: row m = nt * 8 + 2c + (e & 1), key g + 8 (e >> 1) of this warp's 16. MASKED: zero where
-         * the key is past the row or past the tile's keys. */
-        auto weights = [&](auto masked) {
+        /* P^T: row m = nt * 8 + 2c + (e & 1), key g + 8 (e >> 1) of this warp's 16 */
 #pragma unroll
-            for (int nt = 0; nt < RC / 8; nt++) {
-                const int m0 = nt * 8 + 2 * c;
-                const float2 l2 = *reinterpret_cast<const float2 *>(m.lse + m0);
-                const float nl[2] = {-l2.x * log2e, -l2.y * log2e};
-                int pos[2] = {0, 0};
-                if (decltype(masked)::value) {
-                    const int2 p2 = *reinterpret_cast<const int2 *>(m.pos + m0);
-                    pos[0] = p2.x, pos[1] = p2.y;
-                }
+        for (int nt = 0; nt < RC / 8; nt++) {
+            const int m0 = nt * 8 + 2 * c;
+            const float2 l2 = *reinterpret_cast<const float2 *>(m.lse + m0);
+            const int2 p2 = *reinterpret_cast<const int2 *>(m.pos + m0);
+            const float nl[2] = {-l2.x * log2e, -l2.y * log2e};
+            const int pos[2] = {p2.x, p2.y};
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const bool keep = !decltype(masked)::value ||
-                                      ((e >> 1 ? kv1 : kv0) && pos[e & 1] >= kq + 8 * (e >> 1));
-                    s[nt][e] = keep ? moba_exp2(fmaf(s[nt][e], sl2, nl[e & 1])) : 0.0f;
-                }
+            for (int e = 0; e < 4; e++) {
+                const bool keep = (e >> 1 ? kv1 : kv0) && pos[e & 1] >= kq + 8 * (e >> 1);
+                s[nt][e] = keep ? moba_exp2(fmaf(s[nt][e], sl2, nl[e & 1])) : 0.0f;
             }
-        };
-        /* A chunk whose rows all come after the tile's last key (every chunk but those holding rows of the
-         * tile's own block: rows are ascending within a chunk, so its first row is its earliest) needs no
-         * mask when the tile has all 128 keys. Its padding rows (-1: zero q and dO, lse 0, D 0) then get
-         * p = 1, which adds exactly nothing: their dO row and dS = p (dP - D) are 0, as when masked. */
-        if (full_tile && m.pos[0] > last_key)
-            weights(std::false_type{});
-        else
-            weights(std::true_type{});
+        }
         uint32_t pa[RC / 16][4], dsa[RC / 16][4];
         pack_p<T>(s, pa);
 #pragma unroll
