@@ -55,7 +55,7 @@ enum { DQ_ATOMIC = 0, DQ_BULK = 1, DQ_WRITER = 2 };
 
 /* The shared-memory carve-up, used by the kernel and (bytes) by the host: K, V [128 keys x D], NS
  * stages of gathered q and dO [64 rows x D], NDS dS^T buffers [128 x 64], the full and empty mbarriers
- * (the writer forms: and the dq tile's full and empty), NS stages of row data, the dq tiles of the bulk
+ * (the writer: and the dq tile's full and empty), NS stages of row data, the dq tiles of the bulk
  * forms (the writer: then the tile's 64 tokens and its head); plus 1 KiB to align the start to 1024. */
 template <int D, int NS, int NDS, int DQ> struct BwsLayout {
     static constexpr size_t kv = 128 * D * 2, stage = 64 * D * 2, ds = 128 * 64 * 2;
@@ -92,8 +92,8 @@ template <int BYTES> __device__ __forceinline__ void bulk_add_f32(float *dst, co
  * be uniform) held about a fifth of the consumers' stall samples in the profile of 2026-12-07.
  * DQ_WRITER (NDS 1): the consumers only store both halves into one [64][128] tile (and its tokens) and
  * arrive on an mbarrier; the producer warpgroup, which waits on free stages most of the time, sends
- * each row as one 512-byte reduction and releases the tile: 10-14% faster than DQ_BULK (H100,
- * 2026-12-07). Sending chunk k's tile right after its stage is freed, before gathering the next chunk,
+ * each row as one 512-byte reduction and releases the tile: the backward call 9-11% faster than with
+ * DQ_BULK at 128K and 1M (H100, 2026-12-07, two runs; 32K and 64K: -2% .. +14%). Sending chunk k's tile right after its stage is freed, before gathering the next chunk,
  * was -7% at 32K and +2% at 128K (measured, removed). */
 template <typename T, int D, int NS, int NDS, int DQ>
 __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
@@ -328,10 +328,10 @@ static moba_status launch(const moba_call *c, const BwdArgs &a) {
 }
 
 /* The default: three stages, one dS^T buffer, dq sent by the producer warpgroup (H100, 2026-12-07: the
- * backward call 9-14% faster than the consumers' own bulk reductions, which were 2-9% faster than float2
- * atomics; 512-byte reductions issued by the consumers were -4% .. +4% and are gone, as are four stages
- * and P^T computed while dP^T runs). For measurement (docs/cuda-backward.md): MOBA_CUDA_BWD_WS_DQ=atomic,
- * =bulk (the consumers' reductions). */
+ * backward call 9-11% faster at 128K and 1M than with the consumers' own bulk reductions, which were 2-9%
+ * faster than float2 atomics; 512-byte reductions issued by the consumers were -4% .. +4% and are gone,
+ * as are four stages, P^T computed while dP^T runs and mask-free chunks). For measurement
+ * (docs/cuda-backward.md): MOBA_CUDA_BWD_WS_DQ=atomic, =bulk (the consumers' reductions). */
 template <typename T>
 static moba_status launch_variant(const moba_call *c, const BwdArgs &a) {
     const char *dq = getenv("MOBA_CUDA_BWD_WS_DQ");
