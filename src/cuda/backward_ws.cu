@@ -61,10 +61,10 @@ template <int D, int NS, int NDS, int DQ> struct BwsLayout {
     static constexpr size_t kv = 128 * D * 2, stage = 64 * D * 2, ds = 128 * 64 * 2;
     static constexpr size_t k = 0, v = k + kv, q = v + kv, o = q + NS * stage, dS = o + NS * stage;
     static constexpr size_t bars = dS + NDS * ds, meta = bars + (2 * NS + (DQ == DQ_WRITER ? 2 : 0)) * sizeof(uint64_t);
-    static constexpr size_t dq = meta + NS * sizeof(BwsMeta);
+    static constexpr size_t dq = meta + NS * sizeof(BwsMeta), dq_rows = dq + 64 * BWS_DQ_LDW * sizeof(float);
     static constexpr size_t dq_bytes = DQ == DQ_ATOMIC ? 0
                                        : DQ == DQ_BULK ? 128 * BWS_DQ_LD * sizeof(float)
-                                                       : 64 * BWS_DQ_LDW * sizeof(float) + 65 * 4;
+                                                       : dq_rows - dq + 65 * sizeof(int32_t);
     static constexpr size_t bytes = 1024 + dq + dq_bytes;
     static_assert(dq % 16 == 0, "bulk copies read 16-byte aligned rows");
 };
@@ -93,8 +93,9 @@ template <int BYTES> __device__ __forceinline__ void bulk_add_f32(float *dst, co
  * DQ_WRITER (NDS 1): the consumers only store both halves into one [64][128] tile (and its tokens) and
  * arrive on an mbarrier; the producer warpgroup, which waits on free stages most of the time, sends
  * each row as one 512-byte reduction and releases the tile: the backward call 9-11% faster than with
- * DQ_BULK at 128K and 1M (H100, 2026-12-07, two runs; 32K and 64K: -2% .. +14%). Sending chunk k's tile right after its stage is freed, before gathering the next chunk,
- * was -7% at 32K and +2% at 128K (measured, removed). */
+ * DQ_BULK at 128K and 1M (H100, 2026-12-07, two runs; 32K and 64K: -2% .. +14%). Sending chunk k's
+ * tile right after its stage is freed, before gathering the next chunk, was -7% at 32K and +2% at 128K
+ * (measured, removed). */
 template <typename T, int D, int NS, int NDS, int DQ>
 __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
 #ifdef MOBA_WGMMA
@@ -113,7 +114,7 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
     /* WRITER: the tile's full (256 consumer arrivals) and empty (128 producer arrivals) mbarriers, and
      * the tokens and head of the tile's rows (the stage's row data may be reused before the tile leaves) */
     uint64_t *dq_full = empty + NS, *dq_empty = dq_full + 1;
-    int32_t *dq_rows = reinterpret_cast<int32_t *>(sDQ + 64 * BWS_DQ_LDW), *dq_head = dq_rows + 64;
+    int32_t *dq_rows = reinterpret_cast<int32_t *>(smem + L::dq_rows), *dq_head = dq_rows + 64;
 
     const FwdArgs &f = a.f;
     const BwdKeyTile kt = bwd_key_tile(f, f.dl.ftiles);
@@ -255,9 +256,7 @@ __global__ void __launch_bounds__(BWS_THREADS, 1) dkdv_ws_kernel(BwdArgs a) {
          * One buffer: both consumers' dq products of the previous chunk must be done with it. */
         const int dsb = NDS == 1 ? 0 : n & 1;
         char *ds_buf = sDS + dsb * DSB;
-        if (NDS == 1 && n > 0) {
-            asm volatile("bar.sync 2, 256;\n" ::: "memory");
-        }
+        if (NDS == 1 && n > 0) asm volatile("bar.sync 2, 256;\n" ::: "memory");
 #pragma unroll
         for (int kk = 0; kk < RC / 16; kk++)
 #pragma unroll
