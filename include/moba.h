@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 #define MOBA_VERSION_MAJOR 0
-#define MOBA_VERSION_MINOR 1
+#define MOBA_VERSION_MINOR 2
 #define MOBA_VERSION_PATCH 0
 
 typedef enum {
@@ -96,6 +96,14 @@ typedef struct {
 
     int deterministic;          /* backward: 1 = bitwise reproducible dq/dk/dv. The CPU always is; CUDA
                                    with 0 sums dq with atomics (faster, more workspace: docs/cuda-backward.md) */
+
+    int32_t *block_idx;         /* optional, NULL = not used. [num_q_heads, total, top_k] int32 in moba_route's
+                                   format, in the backend's memory (device memory for CUDA). moba_forward
+                                   writes the selection it used there; moba_backward then reads it instead of
+                                   recomputing the routing (saves the routing pass; docs/design.md). Pass what
+                                   moba_forward or moba_route wrote for the same q, k and params. Not read when
+                                   routing is trivial (top_k == 1 or top_k >= every sequence's blocks).
+                                   moba_route ignores this field (it has its own output). */
 } moba_params;
 
 /* Defaults: CPU backend, F32, softmax_scale 0 (= 1/sqrt(d)), everything else 0/NULL. */
@@ -116,8 +124,12 @@ MOBA_API moba_status moba_forward(const moba_params *p,
 
 /* Backward: given dout = dL/do, the forward's inputs, its output o and its lse (both required),
  * OVERWRITES dq [total, Hq, d], dk and dv [total, Hkv, d] with the gradients of attention over the
- * keys the routing selects (recomputed from q and k, identical to the forward's). For GQA, dk/dv of a
- * kv head are summed over the q heads that share it. */
+ * keys the routing selects: p->block_idx when set (the forward's selection), else recomputed from q
+ * and k (identical to the forward's). For GQA, dk/dv of a kv head are summed over the q heads that
+ * share it. A p->block_idx that is not a valid selection (rows: ascending history blocks < the own
+ * block, the own block, -1 padding) is refused by the CPU backend (MOBA_ERR_INVALID_ARGUMENT, naming
+ * the entry); the CUDA backend cannot read it without a synchronisation, so there its invalid entries
+ * are skipped (wrong gradients, never an out-of-bounds access). */
 MOBA_API moba_status moba_backward(const moba_params *p,
                                    const void *dout, const void *q, const void *k, const void *v,
                                    const void *o, const float *lse,

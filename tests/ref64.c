@@ -302,6 +302,23 @@ int ref_check_selection(const moba_params *p, const int32_t *sel, char *why, siz
     return 0;
 }
 
+void ref_random_selection(const moba_params *p, ref_rng *r, int32_t *sel) {
+    const int K = p->top_k, B = p->block_size;
+    const int64_t T = p->total_tokens;
+    for (int h = 0; h < p->num_q_heads; h++)
+        for (int s = 0; s < p->num_seqs; s++)
+            for (int64_t tok = p->cu_seqlens[s]; tok < p->cu_seqlens[s + 1]; tok++) {
+                const int j = (int)(tok - p->cu_seqlens[s]) / B, m = K - 1 < j ? K - 1 : j;
+                int32_t *row = sel + ((int64_t)h * T + tok) * K;
+                /* m of the j history blocks, each taken with probability (still needed) / (still left) */
+                int n = 0;
+                for (int i = 0; i < j && n < m; i++)
+                    if (ref_rng_uniform(r) * (j - i) < m - n) row[n++] = i;
+                row[n++] = j;
+                while (n < K) row[n++] = -1;
+            }
+}
+
 size_t ref_selection_mismatches(const moba_params *p, const int32_t *a, const int32_t *b, const double *margin,
                                 double tie_margin, size_t *near_ties) {
     size_t rows = (size_t)p->num_q_heads * p->total_tokens, K = (size_t)p->top_k, bad = 0, ties = 0;

@@ -75,6 +75,10 @@ void ref_route(const moba_params *p, const double *q, const double *k, int32_t *
  * many entries as min(top_k, own block + 1)). 0 if so; else -1 with a description in why. */
 int ref_check_selection(const moba_params *p, const int32_t *sel, char *why, size_t whylen);
 
+/* A uniformly random selection that passes ref_check_selection: per row min(top_k - 1, own block) distinct
+ * history blocks, ascending, then the own block, then -1 (a routing the library would not choose). */
+void ref_random_selection(const moba_params *p, ref_rng *r, int32_t *sel);
+
 /* Rows (head, token) where selections a and b differ. A row whose margin (from ref_route, may be
  * NULL) is below tie_margin counts in *near_ties instead (an fp32 near-tie, not a bug). */
 size_t ref_selection_mismatches(const moba_params *p, const int32_t *a, const int32_t *b, const double *margin,

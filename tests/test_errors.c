@@ -244,6 +244,41 @@ static void test_null_tensors(void) {
     }
 }
 
+/* moba_params.block_idx read by the backward: a row that breaks moba_route's format is refused, naming
+ * block_idx, before anything is written. Blocks of 2 tokens and top_k 3 so rows have history to choose. */
+static void test_bad_selection(void) {
+    moba_params p;
+    int32_t cu[3];
+    valid_params(&p, cu);
+    p.block_size = 2, p.top_k = 3;
+    static int32_t good[HQ * T * 3], bad[HQ * T * 3];
+    CHECK(moba_route(&p, q, k, good, NULL, 0) == MOBA_OK, "route: %s", moba_last_error());
+    p.block_idx = good;
+    fill_outputs();
+    CHECK(moba_backward(&p, dout, q, k, v, o_good, lse_good, dq, dk, dv, NULL, 0) == MOBA_OK,
+          "backward with moba_route's selection: %s", moba_last_error());
+    /* token 11 (block 3 of the second sequence, history 0..2) of head 1: entries x, y, 3 */
+    const int row = (1 * T + 11) * 3;
+    CHECK(good[row + 2] == 3 && good[row] < good[row + 1], "unexpected route row %d %d %d", good[row], good[row + 1],
+          good[row + 2]);
+    static const struct { const char *what; int slot, value; } cases[] = {
+        {"block_idx: history block >= own block", 0, 3},   {"block_idx: block past the sequence", 1, 1000},
+        {"block_idx: negative history block", 0, -2},      {"block_idx: own block missing", 2, -1},
+        {"block_idx: history not ascending", 0, 2},        {"block_idx: a block twice", 1, -7},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        memcpy(bad, good, sizeof bad);
+        bad[row + cases[i].slot] = cases[i].value == -7 ? bad[row] : cases[i].value;
+        p.block_idx = bad;
+        expect(cases[i].what, FN_BACKWARD, &p, none, MOBA_OP_BACKWARD, MOBA_ERR_INVALID_ARGUMENT, "block_idx");
+    }
+    /* padding that is not -1: token 0 (block 0) holds 0, -1, -1 */
+    memcpy(bad, good, sizeof bad);
+    bad[(0 * T + 0) * 3 + 2] = 0;
+    p.block_idx = bad;
+    expect("block_idx: padding not -1", FN_BACKWARD, &p, none, MOBA_OP_BACKWARD, MOBA_ERR_INVALID_ARGUMENT, "block_idx");
+}
+
 static void test_misc(void) {
     const char *seen[8] = {0};
     for (int s = 0; s <= 6; s++) {
@@ -301,6 +336,7 @@ int main(void) {
     printf("bad arguments (forward's message shown):\n");
     test_params();
     test_null_tensors();
+    test_bad_selection();
     test_misc();
     CHECK(!memcmp(q, q0, sizeof q) && !memcmp(k, k0, sizeof k) && !memcmp(v, v0, sizeof v) &&
               !memcmp(dout, dout0, sizeof dout),

@@ -352,6 +352,66 @@ static void check_nan_ranks_lowest(moba_dtype dt, ref_rng *rng) {
     problem_free(&P);
 }
 
+/* moba_params.block_idx. (1) The forward writes the selection it used there: moba_route's output, with
+ * o and lse bitwise those of a forward without it; the backward that reads it gives the bits of one that
+ * routes again. (2) The backward follows the selection it is given: a random one (not the routing's),
+ * with o and lse of the reference over it, against ref_backward_sel of that selection. */
+static void check_given_selection(const config *c, moba_dtype dt, ref_rng *rng) {
+    problem P;
+    problem_init(&P, c, dt, rng);
+    moba_params *p = &P.p;
+    outputs A, X;
+    outputs_alloc(&A, &P), outputs_alloc(&X, &P);
+    outputs_poison(&A, &P), outputs_poison(&X, &P);
+    char label[96];
+    snprintf(label, sizeof label, "%s [%s]", c->name, dtype_name[dt]);
+    int32_t *given = check_malloc(P.nsel * sizeof(int32_t));
+    ref_poison_i32(given, P.nsel);
+
+    moba_status st = run_all(&P, &A, (void *[3]){NULL, NULL, NULL}, (size_t[3]){0, 0, 0});
+    CHECK(st == MOBA_OK, "%s: route/forward/backward: %s", label, moba_last_error());
+    p->block_idx = given;
+    st = moba_forward(p, P.q, P.k, P.v, X.o, X.lse, NULL, 0);
+    CHECK(st == MOBA_OK, "%s: moba_forward with block_idx: %s", label, moba_last_error());
+    CHECK(!memcmp(given, A.sel, P.nsel * sizeof(int32_t)), "%s: the forward's block_idx != moba_route's", label);
+    CHECK(!memcmp(X.o, A.o, P.nq * P.esz) && !memcmp(X.lse, A.lse, P.nlse * sizeof(float)),
+          "%s: o / lse changed when the forward also wrote block_idx", label);
+    st = moba_backward(p, P.dout, P.q, P.k, P.v, X.o, X.lse, X.dq, X.dk, X.dv, NULL, 0);
+    CHECK(st == MOBA_OK, "%s: moba_backward with block_idx: %s", label, moba_last_error());
+    CHECK(!memcmp(X.dq, A.dq, P.nq * P.esz) && !memcmp(X.dk, A.dk, P.nkv * P.esz) &&
+              !memcmp(X.dv, A.dv, P.nkv * P.esz),
+          "%s: the backward reading the forward's block_idx != the one routing again", label);
+
+    if (c->top_k > 1 && c->top_k < max_blocks(&P)) { /* routed: another selection changes the gradients */
+        ref_random_selection(p, rng, given);
+        double *o = check_malloc(P.nq * sizeof(double)), *lse = check_malloc(P.nlse * sizeof(double));
+        double *dq = check_malloc(P.nq * sizeof(double)), *dk = check_malloc(P.nkv * sizeof(double)),
+               *dv = check_malloc(P.nkv * sizeof(double));
+        ref_forward_sel(p, given, P.qd, P.kd, P.vd, o, lse);
+        ref_backward_sel(p, given, P.qd, P.kd, P.vd, P.doutd, dq, dk, dv);
+        outputs_poison(&X, &P);
+        ref_from_double(dt, o, P.nq, X.o);
+        for (size_t i = 0; i < P.nlse; i++) X.lse[i] = (float)lse[i];
+        st = moba_backward(p, P.dout, P.q, P.k, P.v, X.o, X.lse, X.dq, X.dk, X.dv, NULL, 0);
+        CHECK(st == MOBA_OK, "%s: moba_backward with a random block_idx: %s", label, moba_last_error());
+        double e_dq = ref_rel_err_storage(dt, X.dq, dq, P.nq), e_dk = ref_rel_err_storage(dt, X.dk, dk, P.nkv),
+               e_dv = ref_rel_err_storage(dt, X.dv, dv, P.nkv);
+        /* the routing's gradients are another function: far from these */
+        double e_routed = ref_rel_err_storage(dt, A.dk, dk, P.nkv);
+        printf("  %-36s given selection: dq %.2e dk %.2e dv %.2e (routed dk vs it %.2e)\n", label, e_dq, e_dk, e_dv,
+               e_routed);
+        CHECK(e_dq <= tol_grad[dt] && e_dk <= tol_grad[dt] && e_dv <= tol_grad[dt],
+              "%s: backward over a given selection: dq %.3g dk %.3g dv %.3g > %.3g", label, e_dq, e_dk, e_dv,
+              tol_grad[dt]);
+        CHECK(e_routed > 10 * tol_grad[dt], "%s: the random selection did not change dk (%.3g): a weak test", label,
+              e_routed);
+        free(o), free(lse), free(dq), free(dk), free(dv);
+    }
+    free(given);
+    outputs_free(&A), outputs_free(&X);
+    problem_free(&P);
+}
+
 int main(void) {
     uint64_t seed = 20260101;
     const char *env = getenv("MOBA_TEST_SEED");
@@ -366,6 +426,8 @@ int main(void) {
     check_determinism_and_workspace(&configs[1], MOBA_DTYPE_F32, &rng);
     check_determinism_and_workspace(&configs[0], MOBA_DTYPE_BF16, &rng);
     check_determinism_and_workspace(&configs[4], MOBA_DTYPE_F16, &rng);
+    printf("the forward's selection kept for the backward (moba_params.block_idx):\n");
+    for (int i = 0; i < NUM_CONFIGS; i++) check_given_selection(&configs[i], (moba_dtype)(i % 3), &rng);
     for (int dt = 0; dt < 3; dt++) check_tie_break((moba_dtype)dt, &rng);
     for (int dt = 0; dt < 3; dt++) check_nan_ranks_lowest((moba_dtype)dt, &rng);
     return check_done("test_random");

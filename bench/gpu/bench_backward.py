@@ -5,8 +5,10 @@ sequence, d=128, the four sizes of bench_forward.py).
     python3 bench/gpu/bench_backward.py [--lib build/libmoba.so] [--quick] [--only I] [--kinds random,local]
 
 Prints per size and input kind: SDPA fwd+bwd and MoBA fwd+bwd times (median of CUDA event timings;
-MoBA's forward includes routing and its backward recomputes the routing), the speedup, MoBA's
-backward alone and its share, and the backward's workspace relative to q, k, v, o, lse, do.
+MoBA's forward includes routing; its backward reads the forward's selection from moba_params.block_idx,
+as a training step does), the speedup, MoBA's backward alone and its share, the backward's workspace
+and the kept selection relative to q, k, v, o, lse, do, and the same step with the backward routing
+again (block_idx NULL), timed in the same run.
 Inputs as in bench_forward.py (make_inputs). Needs PyTorch with CUDA and libmoba built with CUDA.
 """
 import argparse
@@ -38,6 +40,11 @@ def run_case(lib, n, h, block, topk, target, kind, quick, deterministic=False):
                                      o.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
                                      bws.data_ptr(), bb), "moba_backward")
 
+    sel = torch.empty(h, n, topk, device="cuda", dtype=torch.int32)
+
+    def keep(on):  # the forward's selection kept for the backward, or routed again
+        p.block_idx = ctypes.cast(sel.data_ptr(), ctypes.POINTER(ctypes.c_int32)) if on else None
+
     def moba():
         fwd()
         bwd()
@@ -52,6 +59,10 @@ def run_case(lib, n, h, block, topk, target, kind, quick, deterministic=False):
     big = n * h >= 1 << 20
     reps = 3 if (quick or big) else 10
     t_dense = time_ms(dense, reps, warmup=1)
+    keep(False)
+    t_moba_re = time_ms(moba, reps, warmup=1)
+    t_bwd_re = time_ms(bwd, reps, warmup=1)
+    keep(True)
     t_moba = time_ms(moba, reps, warmup=1)
     fwd()
     t_bwd = time_ms(bwd, reps, warmup=1)
@@ -62,7 +73,8 @@ def run_case(lib, n, h, block, topk, target, kind, quick, deterministic=False):
     err = ((dq[:first].float() - dqd).norm() / dqd.norm()).item()
     base = (5 * q.numel()) * 2 + lse.numel() * 4
     return dict(n=n, h=h, B=block, k=topk, kind=kind, t_dense=t_dense, t_moba=t_moba, t_bwd=t_bwd,
-                speedup=t_dense / t_moba, target=target, mem=bb / base, err=err)
+                speedup=t_dense / t_moba, target=target, mem=bb / base, err=err, t_moba_re=t_moba_re,
+                t_bwd_re=t_bwd_re, sel_mem=sel.numel() * 4 / base)
 
 
 def main():
@@ -86,13 +98,15 @@ def main():
             rows.append(r)
             print(f"  done {n} {h} {b} {k} {kind}: {r['speedup']:.2f}x", file=sys.stderr, flush=True)
     hdr = ("N", "H", "B", "top_k", "input", "SDPA f+b ms", "MoBA f+b ms", "speedup", "target", "MoBA bwd ms",
-           "bwd share", "bwd workspace", "dq err(blk0)")
+           "bwd share", "bwd workspace", "kept selection", "routing again: f+b ms", "speedup", "bwd ms",
+           "dq err(blk0)")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for r in rows:
         print(f"| {r['n'] // 1024}K | {r['h']} | {r['B']} | {r['k']} | {r['kind']} | {r['t_dense']:.2f} | "
               f"{r['t_moba']:.2f} | {r['speedup']:.2f}x | {r['target']:.1f}x | {r['t_bwd']:.2f} | "
-              f"{100 * r['t_bwd'] / r['t_moba']:.0f}% | {100 * r['mem']:.1f}% | {r['err']:.1e} |")
+              f"{100 * r['t_bwd'] / r['t_moba']:.0f}% | {100 * r['mem']:.1f}% | {100 * r['sel_mem']:.1f}% | "
+              f"{r['t_moba_re']:.2f} | {r['t_dense'] / r['t_moba_re']:.2f}x | {r['t_bwd_re']:.2f} | {r['err']:.1e} |")
 
 
 if __name__ == "__main__":

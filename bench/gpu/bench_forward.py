@@ -37,7 +37,8 @@ class Params(ctypes.Structure):  # moba_params, include/moba.h
                 ("dtype", ctypes.c_int), ("num_seqs", ctypes.c_int), ("total_tokens", ctypes.c_int64),
                 ("cu_seqlens", ctypes.POINTER(ctypes.c_int32)), ("num_q_heads", ctypes.c_int),
                 ("num_kv_heads", ctypes.c_int), ("head_dim", ctypes.c_int), ("block_size", ctypes.c_int),
-                ("top_k", ctypes.c_int), ("softmax_scale", ctypes.c_float), ("deterministic", ctypes.c_int)]
+                ("top_k", ctypes.c_int), ("softmax_scale", ctypes.c_float), ("deterministic", ctypes.c_int),
+                ("block_idx", ctypes.POINTER(ctypes.c_int32))]  # a library before 0.2 ignores this last field
 
 
 def load_lib(path):

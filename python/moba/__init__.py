@@ -14,25 +14,35 @@ __all__ = ["attention", "attention_backward", "route", "moba_attn_varlen", "KVCa
            "backend_available", "library_path"]
 
 
-def attention(q, k, v, cu_seqlens, block_size, top_k, softmax_scale=None, return_lse=False, dtype=None):
-    """MoBA attention. Returns o (like q), or (o, lse) with lse float32 [num_q_heads, total] if return_lse.
+def attention(q, k, v, cu_seqlens, block_size, top_k, softmax_scale=None, return_lse=False, dtype=None,
+              return_block_idx=False):
+    """MoBA attention. Returns o (like q), plus lse float32 [num_q_heads, total] if return_lse, plus block_idx
+    int32 [num_q_heads, total, top_k] (the selection it used, moba.route's format) if return_block_idx, in that
+    order: o, (o, lse), (o, block_idx) or (o, lse, block_idx).
 
     block_size: tokens per key block; top_k: blocks per query counting its own (top_k >= blocks = full causal);
     softmax_scale: default 1/sqrt(head_dim); dtype: "float32" | "float16" | "bfloat16", needed only for NumPy
     uint16 arrays holding raw bfloat16 bits (otherwise it must match the arrays if given).
-    Torch tensors go through a torch.autograd.Function: o.backward() gives q.grad, k.grad, v.grad."""
+    Torch tensors go through a torch.autograd.Function: o.backward() gives q.grad, k.grad, v.grad (reusing the
+    forward's selection: no second routing pass)."""
     if _ops.is_torch_tensor(q):
         from .autograd import attention as torch_attention
-        return torch_attention(q, k, v, cu_seqlens, block_size, top_k, softmax_scale, return_lse, dtype)
-    o, lse = _ops.forward(q, k, v, cu_seqlens, block_size, top_k, softmax_scale, dtype, want_lse=return_lse)
-    return (o, lse) if return_lse else o
+        return torch_attention(q, k, v, cu_seqlens, block_size, top_k, softmax_scale, return_lse, dtype,
+                               return_block_idx=return_block_idx)
+    o, lse, idx = _ops.forward(q, k, v, cu_seqlens, block_size, top_k, softmax_scale, dtype, want_lse=return_lse,
+                               want_block_idx=return_block_idx)
+    return (o,) + ((lse,) if return_lse else ()) + ((idx,) if return_block_idx else ()) \
+        if return_lse or return_block_idx else o
 
 
 def attention_backward(do, q, k, v, o, lse, cu_seqlens, block_size, top_k, softmax_scale=None, dtype=None,
-                       deterministic=False):
+                       deterministic=False, block_idx=None):
     """(dq, dk, dv) for the output gradient do, given the forward's o and lse (from return_lse=True).
-    dk/dv of a shared (GQA) kv head are summed over its q heads. deterministic: bitwise reproducible on CUDA."""
-    return _ops.backward(do, q, k, v, o, lse, cu_seqlens, block_size, top_k, softmax_scale, dtype, deterministic)
+    dk/dv of a shared (GQA) kv head are summed over its q heads. deterministic: bitwise reproducible on CUDA.
+    block_idx: the forward's selection (return_block_idx=True) to skip routing again; it must be that
+    forward's (or moba.route's for the same inputs). The CPU refuses one that is not a valid selection."""
+    return _ops.backward(do, q, k, v, o, lse, cu_seqlens, block_size, top_k, softmax_scale, dtype, deterministic,
+                         block_idx=block_idx)
 
 
 def route(q, k, cu_seqlens, block_size, top_k, dtype=None):

@@ -7,7 +7,7 @@ import glob
 import os
 
 # The major.minor this binding was written against (include/moba.h MOBA_VERSION_MAJOR/MINOR).
-ABI_VERSION = (0, 1)
+ABI_VERSION = (0, 2)
 
 # Enum values, as in include/moba.h.
 OK, ERR_INVALID_ARGUMENT, ERR_UNSUPPORTED, ERR_OUT_OF_MEMORY = 0, 1, 2, 3
@@ -34,6 +34,7 @@ class Params(ctypes.Structure):
         ("top_k", ctypes.c_int),
         ("softmax_scale", ctypes.c_float),
         ("deterministic", ctypes.c_int),
+        ("block_idx", ctypes.POINTER(ctypes.c_int32)),
     ]
 
 

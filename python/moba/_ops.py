@@ -275,8 +275,10 @@ class Call:
                 ctx.__exit__(None, None, None)
 
 
-def forward(q, k, v, cu_seqlens, block_size, top_k, softmax_scale=None, dtype=None, want_lse=True):
-    """(o, lse): o like q, lse float32 [num_q_heads, total] (None when not wanted)."""
+def forward(q, k, v, cu_seqlens, block_size, top_k, softmax_scale=None, dtype=None, want_lse=True,
+            want_block_idx=False):
+    """(o, lse, block_idx): o like q, lse float32 [num_q_heads, total], block_idx int32 [num_q_heads, total,
+    top_k], the selection the forward used (moba_params.block_idx); lse / block_idx None when not wanted."""
     c = Call(q, k, cu_seqlens, block_size, top_k, softmax_scale, dtype)
     A = c.A
     qc = c.input("q", q, c.q_shape)
@@ -285,13 +287,32 @@ def forward(q, k, v, cu_seqlens, block_size, top_k, softmax_scale=None, dtype=No
     o = A.empty(c.q_shape, qc)
     lse = A.empty_f32((c.q_shape[1], c.q_shape[0]), qc) if want_lse else None
     lse_ptr = None if lse is None else ctypes.cast(A.ptr(lse), ctypes.POINTER(ctypes.c_float))
+    idx = None
+    if want_block_idx:
+        idx = A.empty_i32((c.q_shape[1], c.q_shape[0], c.p.top_k if c.p.top_k > 0 else 0), qc)
+        c.p.block_idx = ctypes.cast(A.ptr(idx), ctypes.POINTER(ctypes.c_int32))
     c.run(_lib.lib().moba_forward, _lib.OP_FORWARD, A.ptr(qc), A.ptr(kc), A.ptr(vc), A.ptr(o), lse_ptr)
-    return o, lse
+    return o, lse, idx
+
+
+def block_idx_input(c, block_idx):
+    """A caller's selection for the backward: int32 [num_q_heads, total, top_k] beside q, contiguous."""
+    c.A.check_kind("block_idx", block_idx)
+    if str(block_idx.dtype).replace("torch.", "") != "int32":
+        raise TypeError("moba: block_idx must be int32, got %s" % block_idx.dtype)
+    shape = (c.q_shape[1], c.q_shape[0], c.p.top_k)
+    if tuple(block_idx.shape) != shape:
+        raise ValueError("moba: block_idx has shape %s, expected [num_q_heads, total, top_k] = %s"
+                         % (tuple(block_idx.shape), shape))
+    if is_torch_tensor(block_idx) and block_idx.device != c.ref.device:
+        raise ValueError("moba: block_idx is on %s, q is on %s" % (block_idx.device, c.ref.device))
+    return c.A.contiguous(block_idx)
 
 
 def backward(do, q, k, v, o, lse, cu_seqlens, block_size, top_k, softmax_scale=None, dtype=None,
-             deterministic=False):
-    """(dq, dk, dv) of the attention whose forward gave o and lse."""
+             deterministic=False, block_idx=None):
+    """(dq, dk, dv) of the attention whose forward gave o and lse; block_idx: that forward's selection
+    (skips the routing pass), or None to route again."""
     c = Call(q, k, cu_seqlens, block_size, top_k, softmax_scale, dtype, deterministic)
     A = c.A
     qc = c.input("q", q, c.q_shape)
@@ -300,6 +321,10 @@ def backward(do, q, k, v, o, lse, cu_seqlens, block_size, top_k, softmax_scale=N
     doc = c.input("do", do, c.q_shape)
     oc = c.input("o", o, c.q_shape)
     lsec = c.lse_input(lse)
+    if block_idx is not None:
+        idx = block_idx_input(c, block_idx)
+        c.keep = idx  # alive until the call returns
+        c.p.block_idx = ctypes.cast(A.ptr(idx), ctypes.POINTER(ctypes.c_int32))
     dq, dk, dv = A.empty(c.q_shape, qc), A.empty(c.kv_shape, qc), A.empty(c.kv_shape, qc)
     lse_ptr = ctypes.cast(A.ptr(lsec), ctypes.POINTER(ctypes.c_float))
     c.run(_lib.lib().moba_backward, _lib.OP_BACKWARD, A.ptr(doc), A.ptr(qc), A.ptr(kc), A.ptr(vc), A.ptr(oc),

@@ -134,6 +134,32 @@ def test_route(rng):
         np.testing.assert_array_equal(idx, ref)
 
 
+def test_block_idx_kept_for_backward(rng):
+    # the forward hands out the selection it used (moba.route's), and a backward given it returns the bits of
+    # one that routes again; a selection that is not one is refused by name
+    arrays, cu = random_case(rng, [200, 33, 64], 4, 2, 16)
+    q, k, v, do = (arrays[n] for n in ("q", "k", "v", "do"))
+    for top_k in (1, 3, 50):
+        o, lse, idx = moba.attention(q, k, v, cu, 16, top_k, return_lse=True, return_block_idx=True)
+        np.testing.assert_array_equal(idx, moba.route(q, k, cu, 16, top_k))
+        o2, idx2 = moba.attention(q, k, v, cu, 16, top_k, return_block_idx=True)
+        np.testing.assert_array_equal(o2, o)
+        np.testing.assert_array_equal(idx2, idx)
+        again = moba.attention_backward(do, q, k, v, o, lse, cu, 16, top_k)
+        kept = moba.attention_backward(do, q, k, v, o, lse, cu, 16, top_k, block_idx=idx)
+        for a, b in zip(again, kept):
+            np.testing.assert_array_equal(a, b)
+    o, lse, idx = moba.attention(q, k, v, cu, 16, 3, return_lse=True, return_block_idx=True)
+    bad = idx.copy()
+    bad[0, 100, 0] = 7  # token 100 is in block 6: block 7 is not history
+    with pytest.raises(ValueError, match="block_idx"):
+        moba.attention_backward(do, q, k, v, o, lse, cu, 16, 3, block_idx=bad)
+    with pytest.raises(ValueError, match="block_idx"):
+        moba.attention_backward(do, q, k, v, o, lse, cu, 16, 3, block_idx=idx[:, :, :2].copy())
+    with pytest.raises(TypeError, match="block_idx"):
+        moba.attention_backward(do, q, k, v, o, lse, cu, 16, 3, block_idx=idx.astype(np.int64))
+
+
 def test_cu_seqlens_spellings(rng):
     arrays, cu = random_case(rng, [40, 25], 2, 2, 8)
     q, k, v = arrays["q"], arrays["k"], arrays["v"]

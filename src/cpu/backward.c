@@ -197,13 +197,20 @@ moba_status moba_cpu_backward(const moba_call *c, const void *dout, const void *
     cpu_plan w;
     cpu_plan_make(c, MOBA_OP_BACKWARD, &w);
     char *base = cpu_plan_base(ws);
-    int32_t *sel = c->full_attention ? NULL : (int32_t *)(base + w.sel);
+    /* the forward's selection when the caller kept it (routed calls: slots == top_k, so it is sel as is) */
+    const int routed = !c->full_attention && c->p->top_k > 1, given = routed && c->p->block_idx;
+    if (given) {
+        moba_status st = cpu_check_selection(fn, c, c->p->block_idx);
+        if (st != MOBA_OK) return st;
+    }
+    const int32_t *sel = c->full_attention ? NULL : given ? c->p->block_idx : (int32_t *)(base + w.sel);
     const int threads = cpu_threads(c);
     const int d = c->p->head_dim, Hq = c->p->num_q_heads, Hkv = c->p->num_kv_heads;
     size_t per = bwd_scratch_bytes(d);
     char *scratch = cpu_scratch_alloc(fn, threads, per);
     if (!scratch) return MOBA_ERR_OUT_OF_MEMORY;
-    moba_status st = cpu_route(fn, c, q, k, &w, base, sel, c->slots);
+    moba_status st = given ? cpu_route(fn, c, q, k, &w, base, NULL, c->slots) /* the plan's layout only */
+                           : cpu_route(fn, c, q, k, &w, base, (int32_t *)sel, c->slots);
     if (st != MOBA_OK) {
         cpu_scratch_free(scratch);
         return st;

@@ -45,10 +45,16 @@ moba_status cpu_centroids(const char *fn, const moba_call *c, const void *k, con
 moba_status cpu_select(const char *fn, const moba_call *c, const void *q, const float *centroids,
                        const int64_t *full_block_base, const moba_tile *tiles, int64_t num_tiles,
                        int32_t *sel, int row_stride);
-/* Fills the plan's full_block_base and tiles, the centroids unless the call is full attention, and,
- * when sel != NULL, the selection (sel may be the plan's or the caller's array). */
+/* Fills the plan's full_block_base and tiles and, when sel != NULL, the centroids (unless the call is full
+ * attention) and the selection (sel may be the plan's or the caller's array). */
 moba_status cpu_route(const char *fn, const moba_call *c, const void *q, const void *k, const cpu_plan *w,
                       char *base, int32_t *sel, int row_stride);
+
+/* moba_params.block_idx (moba_route's format, [Hq][total][top_k]): a caller's selection checked row by row
+ * (MOBA_ERR_INVALID_ARGUMENT naming the first bad entry), and a call's selection (sel: the plan's, slots
+ * entries per row) copied there, padded with -1. */
+moba_status cpu_check_selection(const char *fn, const moba_call *c, const int32_t *block_idx);
+void cpu_copy_selection(const moba_call *c, const int32_t *sel, int32_t *block_idx);
 
 /* The hot loops are compiled twice on x86-64 Linux, for AVX2 and for the baseline, and picked at load
  * time. Same operations in the same order (no FMA: contraction is off in ISO C), so the same bits. */

@@ -134,5 +134,11 @@ moba_status moba_cpu_forward(const moba_call *c, const void *q, const void *k, c
             for (int h = 0; h < Hq; h++) forward_tile(c, &tiles[t], h, q, k, v, o, lse, sel, &S);
     }
     cpu_scratch_free(scratch);
-    return MOBA_OK;
+    if (!c->p->block_idx) return MOBA_OK;
+    if (sel) { /* the selection it used, for the backward */
+        cpu_copy_selection(c, sel, c->p->block_idx);
+        return MOBA_OK;
+    } /* full attention: every block up to the own, as moba_route writes it */
+    return cpu_select(fn, c, q, NULL, (const int64_t *)(base + w.full_block_base), tiles, w.num_tiles,
+                      c->p->block_idx, c->p->top_k);
 }

@@ -8,6 +8,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "../error.h"
 #include "../half.h"
 #include "cpu.h"
 #include "topk.h"
@@ -111,13 +112,55 @@ moba_status cpu_route(const char *fn, const moba_call *c, const void *q, const v
     moba_layout_full_block_base(&c->L, full_block_base);
     moba_layout_tiles(&c->L, CPU_TILE_ROWS, tiles);
     float *centroids = NULL;
+    if (!sel) return MOBA_OK;
     if (!c->full_attention) {
         centroids = (float *)(base + w->centroids);
         moba_status st = cpu_centroids(fn, c, k, full_block_base, centroids);
         if (st != MOBA_OK) return st;
     }
-    if (!sel) return MOBA_OK;
     return cpu_select(fn, c, q, centroids, full_block_base, tiles, w->num_tiles, sel, row_stride);
+}
+
+/* Checks a row of a caller's selection against moba_route's format: ascending history blocks below the
+ * own block j, then j, then -1. Returns the first entry that breaks it, or -1. */
+static int bad_entry(const int32_t *row, int top_k, int j) {
+    int e = 0, prev = -1;
+    for (; e < top_k && row[e] != j; e++) {
+        if (row[e] <= prev || row[e] >= j) return e;
+        prev = row[e];
+    }
+    if (e == top_k) return top_k - 1; /* no own block */
+    for (e++; e < top_k; e++)
+        if (row[e] != -1) return e;
+    return -1;
+}
+
+moba_status cpu_check_selection(const char *fn, const moba_call *c, const int32_t *block_idx) {
+    const moba_params *p = c->p;
+    const int64_t total = c->L.total_tokens;
+    for (int s = 0; s < c->L.num_seqs; s++)
+        for (int64_t t = c->L.cu_seqlens[s]; t < c->L.cu_seqlens[s + 1]; t++) {
+            const int j = (int)((t - c->L.cu_seqlens[s]) / p->block_size);
+            for (int h = 0; h < p->num_q_heads; h++) {
+                const int32_t *row = block_idx + ((int64_t)h * total + t) * p->top_k;
+                const int e = bad_entry(row, p->top_k, j);
+                if (e >= 0)
+                    return moba_fail(MOBA_ERR_INVALID_ARGUMENT,
+                                     "%s: block_idx[%d][%lld][%d] (%d) is not a selection: a row (q head %d, token "
+                                     "%lld, own block %d) holds ascending history blocks < %d, then %d, then -1",
+                                     fn, h, (long long)t, e, row[e], h, (long long)t, j, j, j);
+            }
+        }
+    return MOBA_OK;
+}
+
+void cpu_copy_selection(const moba_call *c, const int32_t *sel, int32_t *block_idx) {
+    const int64_t rows = (int64_t)c->p->num_q_heads * c->L.total_tokens;
+    for (int64_t r = 0; r < rows; r++) {
+        int32_t *out = block_idx + r * c->p->top_k;
+        memcpy(out, sel + r * c->slots, sizeof(int32_t) * (size_t)c->slots);
+        for (int n = c->slots; n < c->p->top_k; n++) out[n] = -1;
+    }
 }
 
 moba_status moba_cpu_route(const moba_call *c, const void *q, const void *k, int32_t *block_idx, void *ws) {

@@ -191,6 +191,8 @@ moba_status moba_cuda_route(const moba_call *c, const void *q, const void *k, in
     moba_cuda_layout dl;
     st = moba_cuda_upload_layout(c, &plan, ws, &dl, NULL);
     if (st != MOBA_OK) return st;
+    /* nothing to score: no route kernel (whose candidate lists would grow with top_k) */
+    if (!needs_routing(c)) return moba_cuda_trivial_selection(c, &dl, block_idx);
     return moba_cuda_route_into(c, &plan, ws, &dl, q, k, block_idx, c->p->top_k);
 }
 
@@ -200,10 +202,11 @@ moba_status moba_cuda_route(const moba_call *c, const void *q, const void *k, in
 moba_status moba_cuda_backward(const moba_call *c, const void *dout, const void *q, const void *k, const void *v,
                                const void *o, const float *lse, void *dq, void *dk, void *dv, void *ws) {
     moba_status st = moba_cuda_check_call(c, "moba_backward");
-    static const char *const names[] = {"dout", "q", "k", "v", "o", "lse", "dq", "dk", "dv", "workspace"};
-    const void *const ptrs[] = {dout, q, k, v, o, lse, dq, dk, dv, ws};
-    static const int align[] = {16, 16, 16, 16, 16, 4, 16, 16, 16, 256};
-    if (st == MOBA_OK) st = moba_cuda_check_aligned("moba_backward", 10, names, ptrs, align);
+    static const char *const names[] = {"dout", "q", "k", "v", "o", "lse", "dq", "dk", "dv", "workspace",
+                                        "block_idx"};
+    const void *const ptrs[] = {dout, q, k, v, o, lse, dq, dk, dv, ws, c->p->block_idx};
+    static const int align[] = {16, 16, 16, 16, 16, 4, 16, 16, 16, 256, 4};
+    if (st == MOBA_OK) st = moba_cuda_check_aligned("moba_backward", 11, names, ptrs, align);
     if (st != MOBA_OK) return st;
     moba_cuda_plan plan;
     moba_cuda_make_plan(c, MOBA_OP_BACKWARD, &plan);

@@ -6,7 +6,8 @@
  *   ds_tc = p_tc (<do_t, v_c> - D_t)
  *   dq_t  = s sum_c ds_tc k_c,      dk_c = s sum_t ds_tc q_t
  * Steps (all on the caller's stream):
- *   0. routing, recomputed exactly as the forward does (route.cu) into sel [Hq][total][slots];
+ *   0. routing, recomputed exactly as the forward does (route.cu) into sel [Hq][total][slots], or the
+ *      forward's selection (moba_params.block_idx) copied there, which saves that pass;
  *   1. D per (q head, row): one warp per row, a fixed reduction order;
  *   2. (routed calls only) an inverted index block -> rows: the selection entries as keys
  *      (q head, global block) with the row as value, stably radix-sorted (CUB), so each key's rows
@@ -501,7 +502,8 @@ moba_status moba_cuda_backward_run(const moba_call *c, const moba_cuda_plan *pla
             return moba_fail(MOBA_ERR_UNSUPPORTED, "moba_backward: CUDA backend: %lld selection entries are too many "
                              "for the inverted index (at most %d)", (long long)bp.items, INT32_MAX);
         int32_t *sel = (int32_t *)(w + plan->sel);
-        st = moba_cuda_route_into(c, plan, ws, dl, q, k, sel, plan->sel_stride);
+        st = p->block_idx ? moba_cuda_import_selection(c, dl, p->block_idx, sel, plan->sel_stride)
+                          : moba_cuda_route_into(c, plan, ws, dl, q, k, sel, plan->sel_stride);
         if (st != MOBA_OK) return st;
         f.sel = sel, f.stride = plan->sel_stride;
         /* global block numbers of each sequence's first block */

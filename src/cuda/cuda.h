@@ -84,6 +84,11 @@ moba_status moba_cuda_upload_layout(const moba_call *c, const moba_cuda_plan *pl
 moba_status moba_cuda_route_into(const moba_call *c, const moba_cuda_plan *plan, void *ws,
                                  const moba_cuda_layout *dl, const void *q, const void *k,
                                  int32_t *sel, int sel_stride);
+/* moba_params.block_idx: the trivial selections (top_k == 1 or full attention) written in moba_route's
+ * format, and a caller's selection copied into sel (stride entries per row) with invalid entries dropped. */
+moba_status moba_cuda_trivial_selection(const moba_call *c, const moba_cuda_layout *dl, int32_t *out);
+moba_status moba_cuda_import_selection(const moba_call *c, const moba_cuda_layout *dl, const int32_t *block_idx,
+                                       int32_t *sel, int stride);
 int moba_cuda_topk_list_fits_smem(int k1);
 /* forward_kbm.cu: does this forward call take the key-block-major path where routing is spread out,
  * and its workspace pieces laid out from `off` (returns the end). */

@@ -225,7 +225,8 @@ static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan 
     a.mode = c->full_attention ? 1 : (p->top_k == 1 ? 2 : 0);
     const int sm90 = moba_cuda_sm90_applies(c); /* Hopper: wgmma */
     if (a.mode == 0) {
-        int32_t *sel = (int32_t *)((char *)ws + plan->sel);
+        /* routed calls have slots == top_k, so the caller's block_idx (moba_route's format) can be sel itself */
+        int32_t *sel = p->block_idx ? p->block_idx : (int32_t *)((char *)ws + plan->sel);
         moba_status st = moba_cuda_route_into(c, plan, ws, dl, q, k, sel, plan->sel_stride);
         if (st != MOBA_OK) return st;
         a.sel = sel;
@@ -235,6 +236,9 @@ static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan 
             moba_cuda_kbm_setup(c, &a);
             if (!a.lse) a.lse = (float *)((char *)ws + plan->klse); /* the merge needs the own block's lse */
         }
+    } else if (p->block_idx) {
+        moba_status st = moba_cuda_trivial_selection(c, dl, p->block_idx);
+        if (st != MOBA_OK) return st;
     }
     if (sm90) {
         moba_status st = moba_cuda_forward_sm90(c, a);
@@ -252,10 +256,10 @@ static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan 
 moba_status moba_cuda_forward(const moba_call *c, const void *q, const void *k, const void *v, void *o, float *lse,
                               void *ws) {
     moba_status st = moba_cuda_check_call(c, "moba_forward");
-    static const char *const names[] = {"q", "k", "v", "o", "lse", "workspace"};
-    const void *const ptrs[] = {q, k, v, o, lse, ws};
-    static const int align[] = {16, 16, 16, 16, 4, 256};
-    if (st == MOBA_OK) st = moba_cuda_check_aligned("moba_forward", 6, names, ptrs, align);
+    static const char *const names[] = {"q", "k", "v", "o", "lse", "workspace", "block_idx"};
+    const void *const ptrs[] = {q, k, v, o, lse, ws, c->p->block_idx};
+    static const int align[] = {16, 16, 16, 16, 4, 256, 4};
+    if (st == MOBA_OK) st = moba_cuda_check_aligned("moba_forward", 7, names, ptrs, align);
     if (st != MOBA_OK) return st;
     moba_cuda_plan plan;
     moba_cuda_make_plan(c, MOBA_OP_FORWARD, &plan);

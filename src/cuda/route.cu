@@ -337,6 +337,58 @@ static moba_status launch_route(const moba_call *c, const moba_cuda_plan *plan, 
     return launch_route_k<T, D, 0>(a, grid, smem, stream);
 }
 
+/* The selections no score decides, in moba_route's format (top_k == 1: the own block; top_k >= every
+ * sequence's blocks: all blocks up to the own), one thread per (q head, token) row. */
+__global__ void trivial_selection_kernel(int32_t *out, const int32_t *__restrict__ cu, int num_seqs, int64_t total,
+                                         int B, int k1, int stride, int64_t rows) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows) return;
+    const int64_t t = i % total;
+    const int s = moba_seg_of(cu, num_seqs, t);
+    write_all(out + i * stride, (int)((t - cu[s]) / B), k1, stride);
+}
+
+/* A caller's selection (moba_params.block_idx, in_stride entries per row) as the backward's sel (stride
+ * entries per row). The kernels trust sel (ascending history blocks below the own block, the own block,
+ * -1), so a row keeps only its entries that ascend strictly and lie below its own block, at most
+ * stride - 1 of them: a valid selection comes through unchanged, and an invalid entry, which the host
+ * cannot see without a synchronisation, is dropped instead of being read out of bounds. */
+__global__ void import_selection_kernel(const int32_t *__restrict__ in, int in_stride, int32_t *sel, int stride,
+                                        const int32_t *__restrict__ cu, int num_seqs, int64_t total, int B,
+                                        int64_t rows) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows) return;
+    const int64_t t = i % total;
+    const int s = moba_seg_of(cu, num_seqs, t), j = (int)((t - cu[s]) / B);
+    const int32_t *row = in + i * in_stride;
+    int32_t *o = sel + i * stride;
+    int n = 0, prev = -1;
+    for (int e = 0; e < in_stride && n < stride - 1; e++) {
+        const int b = __ldg(row + e);
+        if (b > prev && b < j) o[n++] = prev = b;
+    }
+    o[n++] = j;
+    while (n < stride) o[n++] = -1;
+}
+
+moba_status moba_cuda_trivial_selection(const moba_call *c, const moba_cuda_layout *dl, int32_t *out) {
+    const int64_t rows = (int64_t)c->p->num_q_heads * c->L.total_tokens;
+    trivial_selection_kernel<<<(unsigned)((rows + 255) / 256), 256, 0, (cudaStream_t)c->p->cuda_stream>>>(
+        out, dl->cu_seqlens, c->p->num_seqs, c->L.total_tokens, c->p->block_size, c->p->top_k - 1, c->p->top_k, rows);
+    MOBA_CUDA_LAUNCHED();
+    return MOBA_OK;
+}
+
+moba_status moba_cuda_import_selection(const moba_call *c, const moba_cuda_layout *dl, const int32_t *block_idx,
+                                       int32_t *sel, int stride) {
+    const int64_t rows = (int64_t)c->p->num_q_heads * c->L.total_tokens;
+    import_selection_kernel<<<(unsigned)((rows + 255) / 256), 256, 0, (cudaStream_t)c->p->cuda_stream>>>(
+        block_idx, c->p->top_k, sel, stride, dl->cu_seqlens, c->p->num_seqs, c->L.total_tokens, c->p->block_size,
+        rows);
+    MOBA_CUDA_LAUNCHED();
+    return MOBA_OK;
+}
+
 moba_status moba_cuda_route_into(const moba_call *c, const moba_cuda_plan *plan, void *ws, const moba_cuda_layout *dl,
                                  const void *q, const void *k, int32_t *sel, int stride) {
     int d = c->p->head_dim;

@@ -11,6 +11,9 @@
  *   default mode (dq summed with atomics in the dk/dv pass) and for deterministic = 1 (a separate dq pass);
  *   two deterministic runs are bitwise equal, and dk, dv are bitwise equal across the modes (the same
  *   products in the same order, also where the two modes use different kernels).
+ * The forward's selection kept in moba_params.block_idx: the forward writes moba_route's selection, and the
+ * backward reading it gives the bits of one that routes again; a random given selection against the reference
+ * over it; entries that are no selection are survived (no out-of-bounds access, every element written).
  * Then the bf16 golden case (argv[1]; ../shared/golden, made by the published reference): its dq, dk,
  * dv against the GPU's (lse from the GPU forward), 2.5e-2.
  * Exit 77 (ctest SKIP_RETURN_CODE) when there is no CUDA device.
@@ -44,27 +47,44 @@ static moba_status backward_once(const moba_params *p, void *d_do, void *d_q, vo
     return st;
 }
 
+/* One case's params and fresh N(0, 1) inputs q, k, v, dout on the host (rng goes on from there). P must
+ * stay where it is: P->p.cu_seqlens points into it. */
+typedef struct {
+    moba_params p;
+    int32_t cu[16];
+    int64_t total;
+    size_t es, nq, nk, nsel, nl;
+    void *q, *k, *v, *dout;
+    ref_rng rng;
+} problem;
+
+static void problem_make(problem *P, moba_dtype dt, int d, const int *lens, int nseq, int hq, int hkv, int block,
+                         int topk, uint64_t seed) {
+    P->cu[0] = 0;
+    for (int s = 0; s < nseq; s++) P->cu[s + 1] = P->cu[s] + lens[s];
+    P->total = P->cu[nseq];
+    moba_params_init(&P->p);
+    P->p.backend = MOBA_BACKEND_CUDA;
+    ref_set_problem(&P->p, dt, nseq, P->cu, hq, hkv, d, block, topk);
+    P->es = ref_dtype_size(dt), P->nq = (size_t)P->total * hq * d, P->nk = (size_t)P->total * hkv * d;
+    P->nsel = (size_t)hq * P->total * topk, P->nl = (size_t)hq * P->total;
+    ref_rng_seed(&P->rng, seed);
+    P->q = check_malloc(P->nq * P->es), P->k = check_malloc(P->nk * P->es), P->v = check_malloc(P->nk * P->es);
+    P->dout = check_malloc(P->nq * P->es);
+    ref_fill_normal(&P->rng, dt, P->q, P->nq, 1.0);
+    ref_fill_normal(&P->rng, dt, P->k, P->nk, 1.0);
+    ref_fill_normal(&P->rng, dt, P->v, P->nk, 1.0);
+    ref_fill_normal(&P->rng, dt, P->dout, P->nq, 1.0);
+}
+
 static void run_case(moba_dtype dt, int d, const int *lens, int nseq, int hq, int hkv, int block, int topk,
                      uint64_t seed) {
-    int32_t cu[16];
-    cu[0] = 0;
-    for (int s = 0; s < nseq; s++) cu[s + 1] = cu[s] + lens[s];
-    int64_t total = cu[nseq];
-    moba_params p;
-    moba_params_init(&p);
-    p.backend = MOBA_BACKEND_CUDA;
-    ref_set_problem(&p, dt, nseq, cu, hq, hkv, d, block, topk);
-
-    size_t es = ref_dtype_size(dt), nq = (size_t)total * hq * d, nk = (size_t)total * hkv * d;
-    size_t nsel = (size_t)hq * total * topk, nl = (size_t)hq * total;
-    ref_rng rng;
-    ref_rng_seed(&rng, seed);
-    void *q = check_malloc(nq * es), *k = check_malloc(nk * es), *v = check_malloc(nk * es);
-    void *dout = check_malloc(nq * es);
-    ref_fill_normal(&rng, dt, q, nq, 1.0);
-    ref_fill_normal(&rng, dt, k, nk, 1.0);
-    ref_fill_normal(&rng, dt, v, nk, 1.0);
-    ref_fill_normal(&rng, dt, dout, nq, 1.0);
+    problem P;
+    problem_make(&P, dt, d, lens, nseq, hq, hkv, block, topk, seed);
+    moba_params p = P.p; /* its cu_seqlens points into P */
+    const int64_t total = P.total;
+    const size_t es = P.es, nq = P.nq, nk = P.nk, nsel = P.nsel, nl = P.nl;
+    void *q = P.q, *k = P.k, *v = P.v, *dout = P.dout;
 
     char name[160];
     snprintf(name, sizeof name, "%s d=%d seqs=%d total=%lld hq=%d hkv=%d B=%d topk=%d",
@@ -122,9 +142,102 @@ static void run_case(moba_dtype dt, int d, const int *lens, int nseq, int hq, in
         printf("%-62s dq %.2e (det %.2e) dk %.2e dv %.2e\n", name, e[0], e_det, e[1], e[2]);
         free(q64), free(k64), free(v64), free(do64), free(rq), free(rk), free(rv);
     }
+    /* moba_params.block_idx: the forward writes its selection there (moba_route's, with o and lse bitwise
+     * unchanged), and a backward reading it gives the bits of one that routes again (deterministic mode;
+     * dk and dv in the default mode too) */
+    if (sel_ok && st == MOBA_OK && st2 == MOBA_OK && st3 == MOBA_OK) {
+        moba_params pk = p;
+        pk.block_idx = (int32_t *)to_device(NULL, nsel * 4);
+        CUDA_OK(cudaMemset(pk.block_idx, 0x7f, nsel * 4));
+        void *go2 = poisoned_device(dt, nq);
+        float *glse2 = (float *)poisoned_device(MOBA_DTYPE_F32, nl);
+        st = moba_forward(&pk, gq, gk, gv, go2, glse2, NULL, 0);
+        CHECK(st == MOBA_OK, "%s: moba_forward with block_idx: %s", name, moba_last_error());
+        CUDA_OK(cudaDeviceSynchronize());
+        void *o1 = from_device(go, nq * es), *o2 = from_device(go2, nq * es);
+        void *l1 = from_device(glse, nl * 4), *l2 = from_device(glse2, nl * 4), *kept = from_device(pk.block_idx, nsel * 4);
+        CHECK(!memcmp(kept, sel, nsel * 4), "%s: the forward's block_idx != moba_route's", name);
+        CHECK(!memcmp(o1, o2, nq * es) && !memcmp(l1, l2, nl * 4), "%s: o / lse changed when the forward wrote block_idx",
+              name);
+        void *xq, *xk, *xv, *yq, *yk, *yv;
+        pk.deterministic = 1;
+        st = backward_once(&pk, gdo, gq, gk, gv, go, glse, &xq, &xk, &xv);
+        CHECK(st == MOBA_OK, "%s: moba_backward (deterministic) with block_idx: %s", name, moba_last_error());
+        pk.deterministic = 0;
+        st2 = backward_once(&pk, gdo, gq, gk, gv, go, glse, &yq, &yk, &yv);
+        CHECK(st2 == MOBA_OK, "%s: moba_backward with block_idx: %s", name, moba_last_error());
+        CHECK(!memcmp(xq, dq2, nq * es) && !memcmp(xk, dk2, nk * es) && !memcmp(xv, dv2, nk * es),
+              "%s: deterministic backward reading block_idx != routing again", name);
+        CHECK(!memcmp(yk, dk, nk * es) && !memcmp(yv, dv, nk * es) && ref_count_poison(dt, yq, nq) == 0,
+              "%s: default backward reading block_idx: dk / dv != routing again, or dq unwritten", name);
+        free(o1), free(o2), free(l1), free(l2), free(kept), free(xq), free(xk), free(xv), free(yq), free(yk), free(yv);
+        cudaFree(pk.block_idx), cudaFree(go2), cudaFree(glse2);
+    }
     free(dq), free(dk), free(dv), free(dq2), free(dk2), free(dv2), free(dq3), free(dk3), free(dv3);
     free(q), free(k), free(v), free(dout), free(sel);
     cudaFree(gq), cudaFree(gk), cudaFree(gv), cudaFree(gdo), cudaFree(go), cudaFree(glse), cudaFree(gsel);
+}
+
+/* The backward follows the selection it is given (moba_params.block_idx): a random valid one, with o and lse
+ * of the float64 reference over it, against ref_backward_sel of it in both modes. Then entries that are no
+ * selection at all (random values, unsorted, out of range): the call succeeds, writes every element and
+ * reads nothing out of bounds (compute-sanitizer runs this in the quick subset). */
+static void run_given(moba_dtype dt, int d, const int *lens, int nseq, int hq, int hkv, int block, int topk,
+                      uint64_t seed) {
+    problem P;
+    problem_make(&P, dt, d, lens, nseq, hq, hkv, block, topk, seed);
+    moba_params p = P.p;
+    const int64_t total = P.total;
+    const size_t es = P.es, nq = P.nq, nk = P.nk, nsel = P.nsel, nl = P.nl;
+    void *q = P.q, *k = P.k, *v = P.v, *dout = P.dout, *o = check_malloc(nq * es);
+    ref_rng rng = P.rng;
+    int32_t *sel = check_malloc(nsel * 4);
+    ref_random_selection(&p, &rng, sel);
+    double *q64 = ref_load(dt, q, nq), *k64 = ref_load(dt, k, nk), *v64 = ref_load(dt, v, nk), *do64 = ref_load(dt, dout, nq);
+    double *ro = check_malloc(nq * sizeof(double)), *rl = check_malloc(nl * sizeof(double));
+    double *rq = check_malloc(nq * sizeof(double)), *rk = check_malloc(nk * sizeof(double)),
+           *rv = check_malloc(nk * sizeof(double));
+    ref_forward_sel(&p, sel, q64, k64, v64, ro, rl);
+    ref_backward_sel(&p, sel, q64, k64, v64, do64, rq, rk, rv);
+    ref_from_double(dt, ro, nq, o);
+    float *lse = check_malloc(nl * sizeof(float));
+    for (size_t i = 0; i < nl; i++) lse[i] = (float)rl[i];
+
+    char name[160];
+    snprintf(name, sizeof name, "given selection: %s d=%d seqs=%d total=%lld hq=%d hkv=%d B=%d topk=%d",
+             dt == MOBA_DTYPE_BF16 ? "bf16" : "f16", d, nseq, (long long)total, hq, hkv, block, topk);
+    void *gq = to_device(q, nq * es), *gk = to_device(k, nk * es), *gv = to_device(v, nk * es);
+    void *gdo = to_device(dout, nq * es), *go = to_device(o, nq * es);
+    float *glse = (float *)to_device(lse, nl * 4);
+    p.block_idx = (int32_t *)to_device(sel, nsel * 4);
+    double tol = dt == MOBA_DTYPE_BF16 ? 2.5e-2 : 4e-3;
+    for (int det = 0; det < 2; det++) {
+        p.deterministic = det;
+        void *dq, *dk, *dv;
+        moba_status st = backward_once(&p, gdo, gq, gk, gv, go, glse, &dq, &dk, &dv);
+        CHECK(st == MOBA_OK, "%s: moba_backward: %s", name, moba_last_error());
+        double e[3] = {ref_rel_err_storage(dt, dq, rq, nq), ref_rel_err_storage(dt, dk, rk, nk),
+                       ref_rel_err_storage(dt, dv, rv, nk)};
+        CHECK(e[0] < tol && e[1] < tol && e[2] < tol, "%s%s: dq %.3e dk %.3e dv %.3e (tolerance %.1e)", name,
+              det ? " (deterministic)" : "", e[0], e[1], e[2], tol);
+        printf("%-78s%s dq %.2e dk %.2e dv %.2e\n", name, det ? " det" : "    ", e[0], e[1], e[2]);
+        free(dq), free(dk), free(dv);
+    }
+    /* not a selection: the rows' entries random in -3 .. blocks + 4 */
+    for (size_t i = 0; i < nsel; i++) sel[i] = (int32_t)(ref_rng_next(&rng) % (uint64_t)(total / block + 8)) - 3;
+    CUDA_OK(cudaMemcpy(p.block_idx, sel, nsel * 4, cudaMemcpyHostToDevice));
+    for (int det = 0; det < 2; det++) {
+        p.deterministic = det;
+        void *dq, *dk, *dv;
+        moba_status st = backward_once(&p, gdo, gq, gk, gv, go, glse, &dq, &dk, &dv);
+        CHECK(st == MOBA_OK && ref_count_poison(dt, dq, nq) + ref_count_poison(dt, dk, nk) + ref_count_poison(dt, dv, nk) == 0,
+              "%s: with invalid block_idx entries (det %d): status %d (%s), or elements left unwritten", name, det,
+              (int)st, moba_last_error());
+        free(dq), free(dk), free(dv);
+    }
+    free(q), free(k), free(v), free(dout), free(o), free(sel), free(lse);
+    free(q64), free(k64), free(v64), free(do64), free(ro), free(rl), free(rq), free(rk), free(rv);
+    cudaFree(gq), cudaFree(gk), cudaFree(gv), cudaFree(gdo), cudaFree(go), cudaFree(glse), cudaFree(p.block_idx);
 }
 
 /* The bf16 golden case (parameters from its case.json): gradients against the published reference's. */
@@ -243,6 +356,13 @@ int main(int argc, char **argv) {
                 run_case(ti ? MOBA_DTYPE_F16 : MOBA_DTYPE_BF16, 128, long_lens, 3, heads[hi][0], heads[hi][1],
                          big_blocks[bi], 3, seed++);
             }
+    /* the backward over a caller's selection (moba_params.block_idx), and over entries that are none */
+    for (int di = 0; di < 2; di++)
+        for (int ti = 0; ti < 2; ti++) {
+            if (quick && ti) continue;
+            run_given(ti ? MOBA_DTYPE_F16 : MOBA_DTYPE_BF16, di ? 128 : 64, var, 6, 4, 2, di ? 64 : 16, 3 + 4 * di,
+                      seed++);
+        }
     for (int f16 = 0; f16 < 2; f16++) {
         printf("worst relative error %s: dq %.2e dk %.2e dv %.2e\n", f16 ? "f16" : "bf16", worst[f16][0], worst[f16][1],
                worst[f16][2]);
