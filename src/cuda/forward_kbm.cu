@@ -25,6 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda.h> /* CUtensorMap and its enums only: the library does not link libcuda */
+#include <cudaTypedefs.h>
+
 #include "forward.h"
 #include "sm90.h"
 
@@ -298,8 +301,54 @@ __global__ void __launch_bounds__(SM90_THREADS, 2) kbm_attend_kernel(KbmArgs a) 
 #define KBM_WS_STAGES(NQ) ((NQ) == 1 ? 6 : 5)
 #define KBM_WS_PRODUCER_REGS 80  /* with Q in registers (setmaxnreg): 80 * 128 + 208 * 256 <= the 168 * 384 of the launch */
 #define KBM_WS_CONSUMER_REGS 208
-template <typename T, int D, bool PP, bool QR, int NQ>
-__global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArgs a) {
+/* TMA variant: the producer's one loading thread and its Q copies need few registers: 40 * 128 + 232 * 256
+ * = the 168 * 384 of the launch (24 / 240: the Q copies spill) */
+#define KBM_TMA_PRODUCER_REGS 40
+#define KBM_TMA_CONSUMER_REGS 232
+#define KBM_SMEM_MAX 232448 /* dynamic shared memory a CTA may have (sm_90) */
+
+/* Shared memory of the warp-specialised kernel past its 1024-byte alignment, for the kernel and the
+ * launch alike: NQ Q buffers (two 64-row tiles each), NS K stages, NS V stages of BN keys, then the
+ * mbarriers full[NS], empty[NS], qempty[NQ] and, with TMA, qfull. Every tile starts 1024-aligned (the
+ * 128-byte swizzle's atom, and TMA's destination alignment for it). */
+template <int D, int BN, int NQ, int NS, bool TMA>
+struct KbmWsLayout {
+    static constexpr int Q_BYTES = 64 * D * 2, KV_BYTES = BN * D * 2;
+    static constexpr int k = NQ * 2 * Q_BYTES, v = k + NS * KV_BYTES, bars = v + NS * KV_BYTES;
+    static constexpr int nbars = 2 * NS + NQ + (TMA ? 1 : 0);
+    static constexpr size_t bytes = 1024 + (size_t)bars + 8 * nbars;
+    static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0 && k % 1024 == 0, "1024-byte aligned tiles");
+    static_assert(bytes <= KBM_SMEM_MAX, "shared memory");
+};
+/* TMA variant (one Q buffer): as many stages of BN keys as fit, at most 6 (64-key stages: the same ring
+ * as the cp.async kernel's; 128-key stages at D = 128: 3) */
+constexpr int kbm_tma_stages(int D, int BN) {
+    return (KBM_SMEM_MAX - 1024 - 2 * 64 * D * 2 - 8 * 16) / (2 * BN * D * 2) < 6
+               ? (KBM_SMEM_MAX - 1024 - 2 * 64 * D * 2 - 8 * 16) / (2 * BN * D * 2)
+               : 6;
+}
+
+/* The TMA producer's copy of a tile's Q (128 rows, n valid; rows >= n -> 0, any: an address for them) into
+ * the two swizzled 64-row buffers at sq, by its 128 threads: load_sw128(_gather)'s layout and per-thread
+ * piece, but the rows walked in a loop of 4 (row r: row(r), the address of its first element), so that it
+ * fits the producer's few registers (unrolled, the row offsets are kept across the tile loop and spill). */
+template <int D, typename T, class Row>
+__device__ __forceinline__ void kbm_load_q_lean(char *sq, int n, int tid, const T *any, Row &&row) {
+    constexpr int chunks = D / 8, step = 128 / chunks, Q_BYTES = 64 * D * 2;
+    static_assert(step % 8 == 0 && 64 % step == 0, "tile shape");
+    const int col8 = tid % chunks, r0 = tid / chunks;
+    char *dst = sq + (col8 / 8) * (64 * 128) + (((col8 % 8) ^ (r0 & 7)) << 4);
+#pragma unroll 4
+    for (int r = r0; r < 128; r += step) {
+        const bool ok = r < n;
+        moba_cp_async16(dst + (r / 64) * Q_BYTES + (r % 64) * 128, ok ? row(r) + col8 * 8 : any, ok);
+    }
+}
+
+/* The kernel body; TMA (only with QR, NQ = 1, no PP): K/V by TMA, see the producer below. tmk / tmv: the
+ * tensor maps of K and V (TMA only), [total rows][Hkv * D] boxes of {64 columns, BN rows}, 128-byte swizzle. */
+template <typename T, int D, int BN, bool PP, bool QR, int NQ, bool TMA>
+__device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMap *tmk, const CUtensorMap *tmv) {
 #ifdef MOBA_WGMMA
     /* LAG: the producer signals an item once the copies of the next one are issued. Not 2: with a
      * one-chunk tile n+1, signalling tile n's last chunk would wait for the first chunk of tile n+2,
@@ -309,12 +358,16 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
      * tile n's, which they do at its first item; so before waiting for that the producer signals every
      * item it has issued (else tile n's first item could be the one still unsignalled: a hang). */
     static_assert(NQ == 2 || (NQ == 1 && QR), "one Q buffer needs Q in registers");
-    constexpr int BN = SM90_BN, ROWS = 64, NS = KBM_WS_STAGES(NQ), LAG = 1;
-    constexpr int Q_BYTES = ROWS * D * 2, KV_BYTES = BN * D * 2;
+    static_assert(!TMA || (QR && NQ == 1 && !PP), "the TMA variant: Q in registers, one Q buffer, no ping-pong");
+    static_assert(TMA || BN == SM90_BN, "128-key stages only with TMA");
+    constexpr int ROWS = 64, NS = TMA ? kbm_tma_stages(D, BN) : KBM_WS_STAGES(NQ), LAG = 1;
+    using L = KbmWsLayout<D, BN, NQ, NS, TMA>;
+    constexpr int Q_BYTES = L::Q_BYTES, KV_BYTES = L::KV_BYTES;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     char *smem = moba_smem_align1024(smem_raw);
-    char *sQ = smem, *sK = sQ + NQ * 2 * Q_BYTES, *sV = sK + NS * KV_BYTES;
-    uint64_t *full = reinterpret_cast<uint64_t *>(sV + NS * KV_BYTES), *empty = full + NS, *qempty = empty + NS;
+    char *sQ = smem, *sK = smem + L::k, *sV = smem + L::v;
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + L::bars), *empty = full + NS, *qempty = empty + NS,
+             *qfull = qempty + NQ;
     const int ntiles = *a.ntiles;
     const int mine = ntiles > (int)blockIdx.x ? (ntiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x : 0;
     if (mine == 0) return;
@@ -323,10 +376,11 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
     const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid / 128, 0);
     if (tid == 0) {
         for (int i = 0; i < NS; i++) {
-            mbar_init(&full[i], 128);
+            mbar_init(&full[i], TMA ? 1 : 128);
             mbar_init(&empty[i], 256);
         }
         for (int i = 0; i < NQ; i++) mbar_init(&qempty[i], 256);
+        if (TMA) mbar_init(qfull, 128);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -341,7 +395,58 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
         }
     };
 
-    if (wg == 0) { /* producer */
+    if (wg == 0 && TMA) {
+        /* TMA producer. All 128 threads copy each tile's Q with cp.async (gathered rows) and arrive on
+         * qfull when their copies land (cp.async.mbarrier.arrive.noinc: nobody waits here); thread 0
+         * alone then loads the tile's K/V chunks by TMA, each chunk one arrive.expect_tx on its stage's
+         * full barrier (count 1) plus 2 * D / 64 boxes that complete it as their bytes land.
+         * Why this cannot hang: a K/V stage completes by itself once issued (no signalling by the
+         * producer, so no LAG question), and thread 0 issues in order: Q(n)'s part, then every chunk
+         * of tile n, and only then waits for qempty (tile n's Q read) before Q(n + 1). Its waits are
+         * (a) empty of the chunk NS items back: both consumers release it after their next item, which
+         *     is already issued, as is the Q of every tile up to it (Q(n) before tile n's chunks);
+         * (b) qempty of tile n: both consumers arrive at tile n's first item, after its full and qfull,
+         *     both issued before this wait (the other 127 threads issued their Q(n) copies before they
+         *     waited for qempty of tile n - 1, which needed nothing thread 0 has not issued).
+         * Own-block tiles: rows past the tile's last key are real tokens here (past `total` TMA writes
+         * zeros), unlike the cp.async path's zeros; the consumers mask those keys by select (S = -inf,
+         * P = 0), so they change nothing as long as K / V are finite, like the tokens inside the tile
+         * that the causal mask drops on either path. The transaction count is always the whole box. */
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(KBM_TMA_PRODUCER_REGS));
+        const T *qg = reinterpret_cast<const T *>(a.q);
+        Ring put = {0, 0};
+        int s = 0;
+        /* mine read again (> 0): kept in a register across the setmaxnreg split, it spilled at D = 64 */
+        const int mine_p = (*a.ntiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
+        for (int n = 0; n < mine_p; n++) {
+            if (n >= 1) mbar_wait(qempty, (n - 1) & 1); /* both consumers have tile n - 1's Q in registers */
+            const int4 tile = tile_of(n);
+            const int h = -1 - tile.x;
+            if (tile.x >= 0) {
+                const int2 *pl = a.plist + tile.z;
+                kbm_load_q_lean<D>(sQ, tile.w, tid, qg, [&](int r) { return qg + (int64_t)__ldg(&pl[r].x) * D; });
+            } else {
+                const T *q0 = qg + ((int64_t)tile.z * a.Hq + h) * D;
+                kbm_load_q_lean<D>(sQ, tile.w, tid, qg, [&](int r) { return q0 + (int64_t)r * a.Hq * D; });
+            }
+            mbar_arrive_cp_async(qfull);
+            if (tid != 0) continue;
+            const int nch = chunks_of(tile), x0 = (tile.x >= 0 ? tile.x : h / a.group) * D;
+            for (int ci = 0; ci < nch; ci++, s++, put.next()) {
+                if (s >= NS) mbar_wait(&empty[put.st], put.ph ^ 1);
+                const int key = tile.y + ci * BN;
+                mbar_arrive_expect_tx(&full[put.st], 2 * KV_BYTES);
+#pragma unroll
+                for (int p = 0; p < D / 64; p++) { /* 64-column panels, BN * 128 bytes apart */
+                    tma_load_2d(sK + put.st * KV_BYTES + p * (BN * 128), tmk, x0 + p * 64, key, &full[put.st]);
+                    tma_load_2d(sV + put.st * KV_BYTES + p * (BN * 128), tmv, x0 + p * 64, key, &full[put.st]);
+                }
+            }
+        }
+        moba_cp_async_wait<0>(); /* no copies of this thread outstanding at its exit (the last Q's) */
+        return;
+    }
+    if (wg == 0 && !TMA) { /* producer */
         if (QR) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(KBM_WS_PRODUCER_REGS));
         const int ptid = tid;
         const T *qg = reinterpret_cast<const T *>(a.q), *kg = reinterpret_cast<const T *>(a.k),
@@ -405,7 +510,7 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
         if (PP) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - cw) : "memory");
     };
     if (PP && cw == 1) asm volatile("bar.arrive 1, 256;\n" ::: "memory"); /* warpgroup 0 goes first */
-    if (QR) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(KBM_WS_CONSUMER_REGS));
+    if (QR) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(TMA ? KBM_TMA_CONSUMER_REGS : KBM_WS_CONSUMER_REGS));
     uint32_t qa[D / 16][4]; /* QR: this warpgroup's Q rows as A fragments, loaded at a tile's first item */
     /* descriptors of stage 0's K and V and of this warpgroup's two Q buffers; stage st is st * KV_BYTES on */
     const uint64_t k_desc0 = sw128_desc(sK, 16, 1024), v_desc0 = sw128_desc(sV, BN * 128, 1024);
@@ -433,6 +538,11 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
             mbar_wait(&full[r.st], r.ph);
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
             if (QR) {
+                /* TMA: the full barrier says nothing about Q, which has its own. Every consumer waits for
+                 * each tile's qfull (also one that skips the tile, below), so the parity n & 1 names the
+                 * phase: the consumer has seen tile n - 1's, and tile n + 1's Q cannot start before its
+                 * arrival on qempty for tile n */
+                if (TMA) mbar_wait(qfull, n & 1);
                 load_q_frags<D>(qa, sQ + (n % NQ * 2 + cw) * Q_BYTES, warp, lane);
                 mbar_arrive(&qempty[n % NQ]); /* Q is in registers: its buffer may take tile n + NQ's */
             }
@@ -487,7 +597,10 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
          * complete the barrier's phase of the previous tile, before the other warpgroup read that Q */
         for (int k = last + 1; k < nch; k++, r.next()) {
             mbar_wait(&full[r.st], r.ph);
-            if (k == 0) mbar_arrive(&qempty[n % NQ]);
+            if (k == 0) {
+                if (TMA) mbar_wait(qfull, n & 1); /* the Q of this tile, landed: the arrival is this tile's */
+                mbar_arrive(&qempty[n % NQ]);
+            }
             turn_begin();
             turn_end();
             mbar_arrive(&empty[r.st]);
@@ -509,6 +622,18 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
 #else
     __trap(); /* built for another target: the host never launches it there */
 #endif
+}
+
+template <typename T, int D, bool PP, bool QR, int NQ>
+__global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArgs a) {
+    kbm_attend_ws<T, D, SM90_BN, PP, QR, NQ, false>(a, NULL, NULL);
+}
+/* The TMA variant (MOBA_CUDA_KBM_TMA=1: 64-key stages; 2: 128-key stages): Q in registers, one Q buffer,
+ * no ping-pong. The tensor maps are kernel parameters (__grid_constant__: TMA reads them in place). */
+template <typename T, int D, int BN>
+__global__ void __launch_bounds__(KBM_WS_THREADS, 1)
+    kbm_attend_ws_tma_kernel(KbmArgs a, const __grid_constant__ CUtensorMap tmk, const __grid_constant__ CUtensorMap tmv) {
+    kbm_attend_ws<T, D, BN, false, true, 1, true>(a, &tmk, &tmv);
 }
 
 /* One warp per (unit, row) of a handed-off tile: the own-block result and the row's partials merged
@@ -667,8 +792,49 @@ size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off) 
     return off;
 }
 
+/* The TMA variant's tensor maps (MOBA_CUDA_KBM_TMA): mode 0 = off, 1 = 64-key stages, 2 = 128-key stages. */
+struct KbmTma {
+    CUtensorMap k, v;
+    int mode;
+};
+
+/* cuTensorMapEncodeTiled from the driver, through the runtime (the library does not link libcuda); NULL when
+ * the driver has none. Looked up once. */
+static PFN_cuTensorMapEncodeTiled_v12000 kbm_encode_tiled() {
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = []() -> PFN_cuTensorMapEncodeTiled_v12000 {
+        void *f = NULL;
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+        const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+#else
+        const cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
+#endif
+        if (e != cudaSuccess || q != cudaDriverEntryPointSuccess) {
+            cudaGetLastError();
+            return NULL;
+        }
+        return (PFN_cuTensorMapEncodeTiled_v12000)f;
+    }();
+    return fn;
+}
+
+/* K or V [total][Hkv][D] as a 2D tensor {Hkv * D columns, total rows} (row stride Hkv * D * 2 bytes, a
+ * multiple of 16; the base is 16-byte aligned, checked by the API) in boxes of {64 columns, rows} written
+ * with the 128-byte swizzle: one box is one 64-column panel of a swizzled shared tile. Rows past `total`
+ * come in as zeros. False when the driver cannot encode it. */
+static bool kbm_tensor_map(CUtensorMap *m, const void *base, int64_t total, int Hkv, int D, int rows, bool bf16) {
+    const PFN_cuTensorMapEncodeTiled_v12000 encode = kbm_encode_tiled();
+    if (!encode || total < 1 || ((uintptr_t)base & 15)) return false;
+    const cuuint64_t dims[2] = {(cuuint64_t)Hkv * D, (cuuint64_t)total}, strides[1] = {(cuuint64_t)Hkv * D * 2};
+    const cuuint32_t box[2] = {64, (cuuint32_t)rows}, estrides[2] = {1, 1};
+    return encode(m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<void *>(base),
+                  dims, strides, box, estrides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 template <typename T, int D>
-static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, int64_t units, int64_t pairs) {
+static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, const KbmTma &tma,
+                            int64_t units, int64_t pairs) {
     cudaStream_t stream = (cudaStream_t)c->p->cuda_stream;
     MOBA_CUDA_TRY(cudaMemsetAsync(a.cnt, 0, sizeof(int32_t) * (size_t)a.ng, stream));
     const unsigned hist_ctas = (unsigned)((units + KBM_UNITS_PER_CTA - 1) / KBM_UNITS_PER_CTA);
@@ -681,9 +847,16 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
     MOBA_CUDA_LAUNCHED();
     int64_t bound = pairs / KBM_ROWS + (a.ng < pairs ? a.ng : pairs) + 1 + (a.own ? units : 0);
     if (bound > plan->ktile_cap) bound = plan->ktile_cap;
-    if (a.ws_ctas > 0) {
-        const int nq = a.qregs && a.qbufs == 1 ? 1 : 2, ns = KBM_WS_STAGES(nq);
-        const size_t smem = 1024 + (size_t)(nq * 2 * 64 + 2 * ns * SM90_BN) * D * 2 + 8 * (2 * ns + nq);
+    if (a.ws_ctas > 0 && tma.mode) {
+        const int64_t ctas = bound < a.ws_ctas ? bound : a.ws_ctas;
+        auto kernel = kbm_attend_ws_tma_kernel<T, D, SM90_BN>;
+        const size_t smem = KbmWsLayout<D, SM90_BN, 1, kbm_tma_stages(D, SM90_BN), true>::bytes;
+        MOBA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        kernel<<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a, tma.k, tma.v);
+    } else if (a.ws_ctas > 0) {
+        const int nq = a.qregs && a.qbufs == 1 ? 1 : 2;
+        const size_t smem = nq == 1 ? KbmWsLayout<D, SM90_BN, 1, KBM_WS_STAGES(1), false>::bytes
+                                    : KbmWsLayout<D, SM90_BN, 2, KBM_WS_STAGES(2), false>::bytes;
         const int64_t ctas = bound < a.ws_ctas ? bound : a.ws_ctas;
         auto kernel = !a.qregs ? (a.pingpong ? kbm_attend_ws_kernel<T, D, true, false, 2> : kbm_attend_ws_kernel<T, D, false, false, 2>)
                       : nq == 2 ? (a.pingpong ? kbm_attend_ws_kernel<T, D, true, true, 2> : kbm_attend_ws_kernel<T, D, false, true, 2>)
@@ -704,6 +877,18 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
 
 template <typename T, int D>
 static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, const int64_t *fpairs) {
+    KbmTma tma;
+    tma.mode = 0;
+    /* MOBA_CUDA_KBM_TMA=1: the warp-specialised kernel's K/V by TMA (untested on a GPU so far: opt-in); only
+     * in the default configuration (Q in registers, one Q buffer, no ping-pong). A tensor map the driver
+     * cannot encode leaves the cp.async kernel. */
+    const char *e = getenv("MOBA_CUDA_KBM_TMA");
+    if (e && *e == '1' && a.ws_ctas > 0 && a.qregs && a.qbufs == 1 && !a.pingpong) {
+        const bool bf16 = c->p->dtype == MOBA_DTYPE_BF16;
+        if (kbm_tensor_map(&tma.k, a.k, a.total, a.Hkv, D, SM90_BN, bf16) &&
+            kbm_tensor_map(&tma.v, a.v, a.total, a.Hkv, D, SM90_BN, bf16))
+            tma.mode = 1;
+    }
     const int64_t units = (int64_t)c->p->num_q_heads * plan->num_ftiles, nf = plan->num_ftiles;
     /* passes: consecutive units whose pairs fit kcap */
     for (int64_t u0 = 0; u0 < units;) {
@@ -718,7 +903,7 @@ static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmAr
         if (end > s0 || a.own) { /* with a.own, a pass without pairs still has the own blocks */
             a.u0 = u0;
             a.s0 = s0;
-            moba_status st = kbm_pass<T, D>(c, plan, a, u1 - u0, end - s0);
+            moba_status st = kbm_pass<T, D>(c, plan, a, tma, u1 - u0, end - s0);
             if (st != MOBA_OK) return st;
         }
         u0 = u1;

@@ -68,6 +68,24 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
 }
 
 #ifdef MOBA_WGMMA
+/* TMA: one arrival that also expects `bytes` more bytes to land (complete_tx) before the phase completes. */
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(moba_smem_addr(bar)), "r"(bytes)
+                 : "memory");
+}
+/* TMA 2D tile load: box at element coordinates {x (inner), y (row)} of the tensor map (a __grid_constant__
+ * kernel parameter) into dst, completing `bytes` of the mbarrier's expected transaction count. */
+__device__ __forceinline__ void tma_load_2d(void *dst, const void *tmap, int x, int y, uint64_t *bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+                 ::"r"(moba_smem_addr(dst)), "l"(reinterpret_cast<uint64_t>(tmap)), "r"(x), "r"(y),
+                 "r"(moba_smem_addr(bar))
+                 : "memory");
+}
+/* An arrival on bar once this thread's cp.async copies issued so far have landed (noinc: it counts
+ * towards the barrier's expected arrivals); the thread does not wait. */
+__device__ __forceinline__ void mbar_arrive_cp_async(uint64_t *bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(moba_smem_addr(bar)) : "memory");
+}
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit_wait() {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
