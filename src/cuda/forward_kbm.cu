@@ -321,7 +321,8 @@ struct KbmWsLayout {
     static_assert(bytes <= KBM_SMEM_MAX, "shared memory");
 };
 /* TMA variant (one Q buffer): as many stages of BN keys as fit, at most 6 (64-key stages: the same ring
- * as the cp.async kernel's; 128-key stages at D = 128: 3) */
+ * as the cp.async kernel's; 128-key stages: 3 at D = 128, where a consumer step holds two of them and
+ * leaves one of look-ahead, as in v12 (docs/cuda.md); 6 at D = 64) */
 constexpr int kbm_tma_stages(int D, int BN) {
     return (KBM_SMEM_MAX - 1024 - 2 * 64 * D * 2 - 8 * 16) / (2 * BN * D * 2) < 6
                ? (KBM_SMEM_MAX - 1024 - 2 * 64 * D * 2 - 8 * 16) / (2 * BN * D * 2)
@@ -401,13 +402,17 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
          * alone then loads the tile's K/V chunks by TMA, each chunk one arrive.expect_tx on its stage's
          * full barrier (count 1) plus 2 * D / 64 boxes that complete it as their bytes land.
          * Why this cannot hang: a K/V stage completes by itself once issued (no signalling by the
-         * producer, so no LAG question), and thread 0 issues in order: Q(n)'s part, then every chunk
-         * of tile n, and only then waits for qempty (tile n's Q read) before Q(n + 1). Its waits are
-         * (a) empty of the chunk NS items back: both consumers release it after their next item, which
-         *     is already issued, as is the Q of every tile up to it (Q(n) before tile n's chunks);
-         * (b) qempty of tile n: both consumers arrive at tile n's first item, after its full and qfull,
-         *     both issued before this wait (the other 127 threads issued their Q(n) copies before they
-         *     waited for qempty of tile n - 1, which needed nothing thread 0 has not issued).
+         * producer, so no LAG question), and thread 0 issues in order: its part of Q(n), then every
+         * chunk of tile n, and only then waits for qempty of tile n before Q(n + 1). The consumers
+         * need, per item, its full and, at a tile's first item, the tile's qfull; by induction over
+         * the items, each wait of the producer is on things that need only what is already issued:
+         * (a) empty of item s - NS (before item s): both consumers release it after their item
+         *     s - NS + 1 (or at the end of its tile), whose full thread 0 has issued, as it has its
+         *     part of that tile's Q; the other threads issued theirs after qempty of the tile before,
+         *     which is (b) one tile earlier;
+         * (b) qempty of tile n (all threads, before Q(n + 1)): both consumers arrive at tile n's
+         *     first item once its full (issued) and qfull (Q(n): issued by every thread, thread 0
+         *     before tile n's chunks) complete. Tile 0's Q waits for nothing.
          * Own-block tiles: rows past the tile's last key are real tokens here (past `total` TMA writes
          * zeros), unlike the cp.async path's zeros; the consumers mask those keys by select (S = -inf,
          * P = 0), so they change nothing as long as K / V are finite, like the tokens inside the tile
@@ -847,13 +852,7 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
     MOBA_CUDA_LAUNCHED();
     int64_t bound = pairs / KBM_ROWS + (a.ng < pairs ? a.ng : pairs) + 1 + (a.own ? units : 0);
     if (bound > plan->ktile_cap) bound = plan->ktile_cap;
-    if (a.ws_ctas > 0 && tma.mode) {
-        const int64_t ctas = bound < a.ws_ctas ? bound : a.ws_ctas;
-        auto kernel = kbm_attend_ws_tma_kernel<T, D, SM90_BN>;
-        const size_t smem = KbmWsLayout<D, SM90_BN, 1, kbm_tma_stages(D, SM90_BN), true>::bytes;
-        MOBA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        kernel<<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a, tma.k, tma.v);
-    } else if (a.ws_ctas > 0) {
+    if (a.ws_ctas > 0 && !tma.mode) {
         const int nq = a.qregs && a.qbufs == 1 ? 1 : 2;
         const size_t smem = nq == 1 ? KbmWsLayout<D, SM90_BN, 1, KBM_WS_STAGES(1), false>::bytes
                                     : KbmWsLayout<D, SM90_BN, 2, KBM_WS_STAGES(2), false>::bytes;
@@ -863,6 +862,14 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
                                 : (a.pingpong ? kbm_attend_ws_kernel<T, D, true, true, 1> : kbm_attend_ws_kernel<T, D, false, true, 1>);
         MOBA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         kernel<<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a);
+    } else if (a.ws_ctas > 0) { /* the TMA variant */
+        const int64_t ctas = bound < a.ws_ctas ? bound : a.ws_ctas;
+        constexpr int BN2 = 2 * SM90_BN;
+        auto kernel = tma.mode == 2 ? kbm_attend_ws_tma_kernel<T, D, BN2> : kbm_attend_ws_tma_kernel<T, D, SM90_BN>;
+        const size_t smem = tma.mode == 2 ? KbmWsLayout<D, BN2, 1, kbm_tma_stages(D, BN2), true>::bytes
+                                          : KbmWsLayout<D, SM90_BN, 1, kbm_tma_stages(D, SM90_BN), true>::bytes;
+        MOBA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        kernel<<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a, tma.k, tma.v);
     } else {
         const size_t smem = 1024 + (size_t)(64 * SM90_WGS + 4 * SM90_BN) * D * 2;
         MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_attend_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -879,15 +886,18 @@ template <typename T, int D>
 static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, const int64_t *fpairs) {
     KbmTma tma;
     tma.mode = 0;
-    /* MOBA_CUDA_KBM_TMA=1: the warp-specialised kernel's K/V by TMA (untested on a GPU so far: opt-in); only
-     * in the default configuration (Q in registers, one Q buffer, no ping-pong). A tensor map the driver
-     * cannot encode leaves the cp.async kernel. */
+    /* MOBA_CUDA_KBM_TMA=1 / 2: the warp-specialised kernel's K/V by TMA in 64- / 128-key stages (untested on
+     * a GPU so far: opt-in); only in the default configuration (Q in registers, one Q buffer, no ping-pong),
+     * 128-key stages only for blocks of a multiple of 128 keys. A tensor map the driver cannot encode leaves
+     * the cp.async kernel. */
     const char *e = getenv("MOBA_CUDA_KBM_TMA");
-    if (e && *e == '1' && a.ws_ctas > 0 && a.qregs && a.qbufs == 1 && !a.pingpong) {
+    const int mode = e && *e == '1' ? 1 : e && *e == '2' && a.B % (2 * SM90_BN) == 0 ? 2 : 0;
+    if (mode && a.ws_ctas > 0 && a.qregs && a.qbufs == 1 && !a.pingpong) {
         const bool bf16 = c->p->dtype == MOBA_DTYPE_BF16;
-        if (kbm_tensor_map(&tma.k, a.k, a.total, a.Hkv, D, SM90_BN, bf16) &&
-            kbm_tensor_map(&tma.v, a.v, a.total, a.Hkv, D, SM90_BN, bf16))
-            tma.mode = 1;
+        const int rows = mode * SM90_BN; /* a box: one stage's keys */
+        if (kbm_tensor_map(&tma.k, a.k, a.total, a.Hkv, D, rows, bf16) &&
+            kbm_tensor_map(&tma.v, a.v, a.total, a.Hkv, D, rows, bf16))
+            tma.mode = mode;
     }
     const int64_t units = (int64_t)c->p->num_q_heads * plan->num_ftiles, nf = plan->num_ftiles;
     /* passes: consecutive units whose pairs fit kcap */

@@ -47,4 +47,5 @@ for ty, nm in (("bf16", "bf16"), ("f16", "f16")):
     out.append(rs(64, ty, nm))
     out.append(rsk(64, ty, nm))
     out.append(rs(128, ty, nm))
+    out.append(rsk(128, ty, nm))
 open(__import__("os").path.join(__import__("os").path.dirname(__file__), "wgmma_ops.inc"), "w").write("\n".join(out))

@@ -103,6 +103,7 @@ template <> struct wg<__nv_bfloat16> {
     static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_bf16(d, a, b); }
     static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_bf16(d, a, b); }
     static __device__ __forceinline__ void rsk64(float *d, const uint32_t *a, uint64_t b, int acc) { wgmma_rsk_n64_bf16(d, a, b, acc); }
+    static __device__ __forceinline__ void rsk128(float *d, const uint32_t *a, uint64_t b, int acc) { wgmma_rsk_n128_bf16(d, a, b, acc); }
 };
 template <> struct wg<__half> {
     static __device__ __forceinline__ void ss64(float *d, uint64_t a, uint64_t b, int acc) { wgmma_ss_n64_f16(d, a, b, acc); }
@@ -110,6 +111,7 @@ template <> struct wg<__half> {
     static __device__ __forceinline__ void rs64(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n64_f16(d, a, b); }
     static __device__ __forceinline__ void rs128(float *d, const uint32_t *a, uint64_t b) { wgmma_rs_n128_f16(d, a, b); }
     static __device__ __forceinline__ void rsk64(float *d, const uint32_t *a, uint64_t b, int acc) { wgmma_rsk_n64_f16(d, a, b, acc); }
+    static __device__ __forceinline__ void rsk128(float *d, const uint32_t *a, uint64_t b, int acc) { wgmma_rsk_n128_f16(d, a, b, acc); }
 };
 #endif
 
@@ -138,15 +140,20 @@ __device__ __forceinline__ void sm90_issue_s_desc(uint64_t q_desc, uint64_t k_de
 }
 /* The same with Q as register fragments (qa from load_q_frags): the tensor cores then read only K from
  * shared memory. With 64-key chunks the SS form moves 4 KiB per k-step through shared memory, as much as
- * its bandwidth allows in the step's tensor time; this form moves half of that. */
+ * its bandwidth allows in the step's tensor time; this form moves half of that. BN = 64 or 128 keys
+ * (m64n64k16 / m64n128k16). */
 template <typename T, int D, int BN>
 __device__ __forceinline__ void sm90_issue_s_rs(const uint32_t (&qa)[D / 16][4], uint64_t k_desc, float (&s)[BN / 8][4]) {
 #ifdef MOBA_WGMMA
+    static_assert(BN == 64 || BN == 128, "key chunk");
     fence_regs<BN / 2>(&s[0][0]);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-        wg<T>::rsk64(&s[0][0], qa[kk], desc_add(k_desc, ((kk / 4) * (BN * 128) + (kk % 4) * 32) >> 4), kk > 0);
+    for (int kk = 0; kk < D / 16; kk++) {
+        const uint64_t dk = desc_add(k_desc, ((kk / 4) * (BN * 128) + (kk % 4) * 32) >> 4);
+        if (BN == 128) wg<T>::rsk128(&s[0][0], qa[kk], dk, kk > 0);
+        else wg<T>::rsk64(&s[0][0], qa[kk], dk, kk > 0);
+    }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
