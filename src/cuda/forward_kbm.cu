@@ -515,7 +515,8 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
         if (PP) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - cw) : "memory");
     };
     if (PP && cw == 1) asm volatile("bar.arrive 1, 256;\n" ::: "memory"); /* warpgroup 0 goes first */
-    if (QR) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(TMA ? KBM_TMA_CONSUMER_REGS : KBM_WS_CONSUMER_REGS));
+    if (QR)
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(TMA ? KBM_TMA_CONSUMER_REGS : KBM_WS_CONSUMER_REGS));
     uint32_t qa[D / 16][4]; /* QR: this warpgroup's Q rows as A fragments, loaded at a tile's first item */
     /* descriptors of stage 0's K and V and of this warpgroup's two Q buffers; stage st is st * KV_BYTES on */
     const uint64_t k_desc0 = sw128_desc(sK, 16, 1024), v_desc0 = sw128_desc(sV, BN * 128, 1024);
@@ -637,7 +638,7 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
  * no ping-pong. The tensor maps are kernel parameters (__grid_constant__: TMA reads them in place). */
 template <typename T, int D, int BN>
 __global__ void __launch_bounds__(KBM_WS_THREADS, 1)
-    kbm_attend_ws_tma_kernel(KbmArgs a, const __grid_constant__ CUtensorMap tmk, const __grid_constant__ CUtensorMap tmv) {
+kbm_attend_ws_tma_kernel(KbmArgs a, const __grid_constant__ CUtensorMap tmk, const __grid_constant__ CUtensorMap tmv) {
     kbm_attend_ws<T, D, BN, false, true, 1, true>(a, &tmk, &tmv);
 }
 
@@ -810,7 +811,8 @@ static PFN_cuTensorMapEncodeTiled_v12000 kbm_encode_tiled() {
         void *f = NULL;
         cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
 #if CUDART_VERSION >= 12050
-        const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+        const cudaError_t e =
+            cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
 #else
         const cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
 #endif
@@ -832,9 +834,10 @@ static bool kbm_tensor_map(CUtensorMap *m, const void *base, int64_t total, int 
     if (!encode || total < 1 || ((uintptr_t)base & 15)) return false;
     const cuuint64_t dims[2] = {(cuuint64_t)Hkv * D, (cuuint64_t)total}, strides[1] = {(cuuint64_t)Hkv * D * 2};
     const cuuint32_t box[2] = {64, (cuuint32_t)rows}, estrides[2] = {1, 1};
-    return encode(m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<void *>(base),
-                  dims, strides, box, estrides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    const CUtensorMapDataType type = bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    return encode(m, type, 2, const_cast<void *>(base), dims, strides, box, estrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 template <typename T, int D>
@@ -883,15 +886,11 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
 }
 
 template <typename T, int D>
-static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, const int64_t *fpairs) {
+static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, const int64_t *fpairs,
+                           int tma_mode) {
     KbmTma tma;
     tma.mode = 0;
-    /* MOBA_CUDA_KBM_TMA=1 / 2: the warp-specialised kernel's K/V by TMA in 64- / 128-key stages (untested on
-     * a GPU so far: opt-in); only in the default configuration (Q in registers, one Q buffer, no ping-pong),
-     * 128-key stages only for blocks of a multiple of 128 keys. A tensor map the driver cannot encode leaves
-     * the cp.async kernel. */
-    const char *e = getenv("MOBA_CUDA_KBM_TMA");
-    const int mode = e && *e == '1' ? 1 : e && *e == '2' && a.B % (2 * SM90_BN) == 0 ? 2 : 0;
+    const int mode = tma_mode == 2 && a.B % (2 * SM90_BN) != 0 ? 1 : tma_mode; /* 128-key stages: whole blocks */
     if (mode && a.ws_ctas > 0 && a.qregs && a.qbufs == 1 && !a.pingpong) {
         const bool bf16 = c->p->dtype == MOBA_DTYPE_BF16;
         const int rows = mode * SM90_BN; /* a box: one stage's keys */
@@ -971,9 +970,16 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     a.qregs = !(e && *e == '0');
     e = getenv("MOBA_CUDA_KBM_STAGES");
     a.qbufs = e && *e == '5' ? 2 : 1;
+    /* MOBA_CUDA_KBM_TMA=1 / 2: the warp-specialised kernel's K/V by TMA, in 64- / 128-key stages (opt-in: not
+     * yet run on a GPU); only in the default configuration (Q in registers, one Q buffer, no ping-pong), 2 only
+     * for blocks of a multiple of 128 keys (else 1). A tensor map the driver cannot encode leaves the cp.async
+     * kernel. */
+    e = getenv("MOBA_CUDA_KBM_TMA");
+    const int tma = e && (*e == '1' || *e == '2') ? *e - '0' : 0;
     if (!a.own && (a.ng == 0 || a.ptot == 0)) return MOBA_OK; /* no history anywhere */
     if (p->dtype == MOBA_DTYPE_BF16)
-        return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs)
-                                 : kbm_run<__nv_bfloat16, 128>(c, plan, a, fpairs);
-    return p->head_dim == 64 ? kbm_run<__half, 64>(c, plan, a, fpairs) : kbm_run<__half, 128>(c, plan, a, fpairs);
+        return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs, tma)
+                                 : kbm_run<__nv_bfloat16, 128>(c, plan, a, fpairs, tma);
+    return p->head_dim == 64 ? kbm_run<__half, 64>(c, plan, a, fpairs, tma)
+                             : kbm_run<__half, 128>(c, plan, a, fpairs, tma);
 }

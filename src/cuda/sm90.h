@@ -76,7 +76,8 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *bar, uint32_t by
 /* TMA 2D tile load: box at element coordinates {x (inner), y (row)} of the tensor map (a __grid_constant__
  * kernel parameter) into dst, completing `bytes` of the mbarrier's expected transaction count. */
 __device__ __forceinline__ void tma_load_2d(void *dst, const void *tmap, int x, int y, uint64_t *bar) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];\n"
                  ::"r"(moba_smem_addr(dst)), "l"(reinterpret_cast<uint64_t>(tmap)), "r"(x), "r"(y),
                  "r"(moba_smem_addr(bar))
                  : "memory");
