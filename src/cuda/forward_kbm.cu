@@ -634,8 +634,8 @@ template <typename T, int D, bool PP, bool QR, int NQ>
 __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArgs a) {
     kbm_attend_ws<T, D, SM90_BN, PP, QR, NQ, false>(a, NULL, NULL);
 }
-/* The TMA variant (MOBA_CUDA_KBM_TMA=1: 64-key stages; 2: 128-key stages): Q in registers, one Q buffer,
- * no ping-pong. The tensor maps are kernel parameters (__grid_constant__: TMA reads them in place). */
+/* The TMA variant (128-key stages: the default where it applies; 64-key stages: MOBA_CUDA_KBM_TMA=1): Q in
+ * registers, one Q buffer, no ping-pong. The tensor maps are kernel parameters (__grid_constant__: TMA reads them in place). */
 template <typename T, int D, int BN>
 __global__ void __launch_bounds__(KBM_WS_THREADS, 1)
 kbm_attend_ws_tma_kernel(KbmArgs a, const __grid_constant__ CUtensorMap tmk, const __grid_constant__ CUtensorMap tmv) {
@@ -890,7 +890,7 @@ static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmAr
                            int tma_mode) {
     KbmTma tma;
     tma.mode = 0;
-    const int mode = tma_mode == 2 && a.B % (2 * SM90_BN) != 0 ? 1 : tma_mode; /* 128-key stages: whole blocks */
+    const int mode = tma_mode; /* 2 (128-key stages) only comes for blocks of a multiple of 128 keys */
     if (mode && a.ws_ctas > 0 && a.qregs && a.qbufs == 1 && !a.pingpong) {
         const bool bf16 = c->p->dtype == MOBA_DTYPE_BF16;
         const int rows = mode * SM90_BN; /* a box: one stage's keys */
@@ -970,12 +970,13 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     a.qregs = !(e && *e == '0');
     e = getenv("MOBA_CUDA_KBM_STAGES");
     a.qbufs = e && *e == '5' ? 2 : 1;
-    /* MOBA_CUDA_KBM_TMA=1 / 2: the warp-specialised kernel's K/V by TMA, in 64- / 128-key stages (opt-in: not
-     * yet run on a GPU); only in the default configuration (Q in registers, one Q buffer, no ping-pong), 2 only
-     * for blocks of a multiple of 128 keys (else 1). A tensor map the driver cannot encode leaves the cp.async
-     * kernel. */
+    /* The warp-specialised kernel's K/V by TMA in 128-key stages (v18, docs/cuda.md: 3% faster calls at 128K
+     * and 1M on the H100) where it applies: the default configuration (Q in registers, one Q buffer, no
+     * ping-pong) and blocks of a multiple of 128 keys; elsewhere, or when the driver cannot encode a tensor
+     * map, the cp.async kernel. Switches for measurements and tests: MOBA_CUDA_KBM_TMA=0 (cp.async), =1 (TMA in
+     * 64-key stages: no faster than cp.async), =2 (the default). */
     e = getenv("MOBA_CUDA_KBM_TMA");
-    const int tma = e && (*e == '1' || *e == '2') ? *e - '0' : 0;
+    const int tma = e && (*e == '0' || *e == '1') ? *e - '0' : a.B % (2 * SM90_BN) == 0 ? 2 : 0;
     if (!a.own && (a.ng == 0 || a.ptot == 0)) return MOBA_OK; /* no history anywhere */
     if (p->dtype == MOBA_DTYPE_BF16)
         return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs, tma)

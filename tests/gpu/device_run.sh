@@ -6,8 +6,9 @@
 #   sanitize  compute-sanitizer memcheck and racecheck on the quick subset (MOBA_GPU_TEST_QUICK=1)
 #   (test runs the default dispatch, MOBA_CUDA_NO_WGMMA=1 = portable kernel only, MOBA_CUDA_KBM=1 = every
 #   routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes, and both with
-#   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default only for B >= 1024), that with
-#   its variants: MOBA_CUDA_KBM_STAGES=5 (two Q buffers, five stages), MOBA_CUDA_KBM_QREG=0 (Q from shared
+#   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default only for B >= 1024; K/V by
+#   TMA in 128-key stages where B is a multiple of 128), that with its variants: MOBA_CUDA_KBM_TMA=0 (cp.async),
+#   =1 (TMA, 64-key stages), MOBA_CUDA_KBM_STAGES=5 (two Q buffers, five stages), MOBA_CUDA_KBM_QREG=0 (Q from shared
 #   memory), MOBA_CUDA_KBM_PP=1 (ping-pong consumers); sanitize the default and the smallest-pass runs of
 #   the key-block-major kernels: plain, warp-specialised, five stages, Q from shared memory)
 #   backward  test_cuda_backward (+ golden gradients; default, the warp-specialised kernel's variants
@@ -34,6 +35,9 @@ DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_TMA=0"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_TMA=0 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_TMA=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_STAGES=5"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_STAGES=5 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0"
@@ -42,6 +46,7 @@ DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PP=1"
 DEFAULT_SAN_MODES="MOBA_CUDA_DEFAULT=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_TMA=0 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_STAGES=5 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0 MOBA_CUDA_KBM_PAIRS=1"
 # the dispatch modes of backward (BWD_MODES replaces them) and of its sanitizer runs (BWD_SAN_MODES): the
