@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 2) kbm_attend_kernel(KbmArgs a) 
 #endif
 }
 
-/* Warp-specialised version (the default for B >= 1024; MOBA_CUDA_KBM_WS=1/0 forces it on/off). A persistent CTA of three
+/* Warp-specialised version (the default for B >= 128; MOBA_CUDA_KBM_WS=1/0 forces it on/off). A persistent CTA of three
  * warpgroups per SM walks its tiles' chunks as one stream of items: warpgroup 0 only loads (K/V into a KBM_WS_STAGES ring, a
  * tile's Q with its first chunk into one of NQ Q buffers), waits for its own copies one item behind,
  * fences them to the async proxy and arrives on the stage's "full" mbarrier; warpgroups 1 and 2 take 64
@@ -725,15 +725,16 @@ static int kbm_min_union(const moba_call *c) {
 
 /* The key-block-major switches of one forward call (a.kbm_flags set by the caller):
  * - kbm_min_union (above);
- * - kbm_ws_ctas: the warp-specialised attend kernel, one persistent CTA per SM, for block sizes >= 1024
- *   (7-8% faster at B = 4096, the same at B = 512 and 128: docs/cuda.md); MOBA_CUDA_KBM_WS=1 / 0 forces it
- *   on / off (tests run both); 0: the plain kernel;
+ * - kbm_ws_ctas: the warp-specialised attend kernel, one persistent CTA per SM, for block sizes >= 128
+ *   (7-8% faster at B = 4096; at B = 512 and 128 the same as the plain kernel on random inputs and 5-8%
+ *   faster on local ones since shared memory is reached as such, v18 in docs/cuda.md); MOBA_CUDA_KBM_WS=1 / 0
+ *   forces it on / off (tests run both); 0: the plain kernel;
  * - kbm_own: with it, a handed-off tile's own block is an item of that kernel too, not the query-tile-major
  *   kernel's (MOBA_CUDA_KBM_OWN=0: the query-tile-major kernel's, as before, for measurements). */
 void moba_cuda_kbm_setup(const moba_call *c, FwdArgs *a) {
     a->kbm_min_union = kbm_min_union(c);
     const char *e = getenv("MOBA_CUDA_KBM_WS");
-    const int use_ws = e && *e ? *e == '1' : c->p->block_size >= 1024;
+    const int use_ws = e && *e ? *e == '1' : c->p->block_size >= 128;
     int dev = 0, sms = 0;
     a->kbm_ws_ctas = 0;
     if (use_ws && cudaGetDevice(&dev) == cudaSuccess &&
@@ -970,13 +971,14 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     a.qregs = !(e && *e == '0');
     e = getenv("MOBA_CUDA_KBM_STAGES");
     a.qbufs = e && *e == '5' ? 2 : 1;
-    /* The warp-specialised kernel's K/V by TMA in 128-key stages (v18, docs/cuda.md: 3% faster calls at 128K
-     * and 1M on the H100) where it applies: the default configuration (Q in registers, one Q buffer, no
-     * ping-pong) and blocks of a multiple of 128 keys; elsewhere, or when the driver cannot encode a tensor
-     * map, the cp.async kernel. Switches for measurements and tests: MOBA_CUDA_KBM_TMA=0 (cp.async), =1 (TMA in
+    /* The warp-specialised kernel's K/V by TMA in 128-key stages (v18, docs/cuda.md: 3-4% faster calls at
+     * 128K and 1M on the H100) where it applies: the default configuration (Q in registers, one Q buffer, no
+     * ping-pong) and blocks of >= 1024 keys, a multiple of 128 (at B = 128 and 512 its three stages, two held
+     * by a consumer step, made the calls 13-27% slower); elsewhere, or when the driver cannot encode a
+     * tensor map, the cp.async kernel. Switches for measurements and tests: MOBA_CUDA_KBM_TMA=0 (cp.async), =1 (TMA in
      * 64-key stages: no faster than cp.async), =2 (the default). */
     e = getenv("MOBA_CUDA_KBM_TMA");
-    const int tma = e && (*e == '0' || *e == '1') ? *e - '0' : a.B % (2 * SM90_BN) == 0 ? 2 : 0;
+    const int tma = e && (*e == '0' || *e == '1') ? *e - '0' : a.B >= 1024 && a.B % (2 * SM90_BN) == 0 ? 2 : 0;
     if (!a.own && (a.ng == 0 || a.ptot == 0)) return MOBA_OK; /* no history anywhere */
     if (p->dtype == MOBA_DTYPE_BF16)
         return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs, tma)
