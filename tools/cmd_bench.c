@@ -27,13 +27,14 @@ typedef struct {
     double moba_fwd, full_fwd, moba_fb, full_fb; /* seconds; NAN when not measured */
 } bench_row;
 
-/* Device tensors of one length: inputs, output, lse, and the gradients. */
+/* Device tensors of one length: inputs, output, lse, the gradients, and the forward's selection, which
+ * MoBA's forward + backward keeps for the backward as a training step does (moba_params.block_idx). */
 typedef struct {
-    void *q, *k, *v, *dout, *o, *lse, *dq, *dk, *dv;
+    void *q, *k, *v, *dout, *o, *lse, *dq, *dk, *dv, *sel;
 } bench_tensors;
 
 static void tensors_free(device_kind dev, bench_tensors *t) {
-    void **all[] = {&t->q, &t->k, &t->v, &t->dout, &t->o, &t->lse, &t->dq, &t->dk, &t->dv};
+    void **all[] = {&t->q, &t->k, &t->v, &t->dout, &t->o, &t->lse, &t->dq, &t->dk, &t->dv, &t->sel};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         device_free(dev, *all[i]);
         *all[i] = NULL;
@@ -160,7 +161,8 @@ int cmd_bench(int argc, char **argv) {
         }
         if (device_alloc(dev, nq * es, &t.o, err, sizeof err) || device_alloc(dev, (size_t)N * o.heads * sizeof(float), &t.lse, err, sizeof err) ||
             device_alloc(dev, nq * es, &t.dq, err, sizeof err) || device_alloc(dev, nkv * es, &t.dk, err, sizeof err) ||
-            device_alloc(dev, nkv * es, &t.dv, err, sizeof err)) {
+            device_alloc(dev, nkv * es, &t.dv, err, sizeof err) ||
+            device_alloc(dev, (size_t)N * o.heads * o.top_k * sizeof(int32_t), &t.sel, err, sizeof err)) {
             cli_error(cmd, EXIT_RUNTIME, "%s", err);
             goto done;
         }
@@ -170,7 +172,9 @@ int cmd_bench(int argc, char **argv) {
         if ((st = time_call(dev, &full, &t, 0, (int)o.reps, &row->full_fwd))) { code = cli_library_error(cmd, "full forward", st); goto done; }
         if (!o.forward_only && !no_backward) {
             progress(i, o.num_lengths, N, "MoBA forward+backward");
-            st = time_call(dev, &p, &t, 1, (int)o.reps, &row->moba_fb);
+            moba_params kept = p; /* the backward reads the forward's selection instead of routing again */
+            kept.block_idx = t.sel;
+            st = time_call(dev, &kept, &t, 1, (int)o.reps, &row->moba_fb);
             if (st == MOBA_ERR_UNSUPPORTED) { /* a backend without a backward pass: forward columns only */
                 no_backward = 1;
                 snprintf(no_backward_why, sizeof no_backward_why, "%s", moba_last_error());
