@@ -31,8 +31,9 @@ def attention(q, k, v, cu_seqlens, block_size, top_k, softmax_scale=None, return
                                return_block_idx=return_block_idx)
     o, lse, idx = _ops.forward(q, k, v, cu_seqlens, block_size, top_k, softmax_scale, dtype, want_lse=return_lse,
                                want_block_idx=return_block_idx)
-    return (o,) + ((lse,) if return_lse else ()) + ((idx,) if return_block_idx else ()) \
-        if return_lse or return_block_idx else o
+    if not (return_lse or return_block_idx):
+        return o
+    return (o,) + ((lse,) if return_lse else ()) + ((idx,) if return_block_idx else ())
 
 
 def attention_backward(do, q, k, v, o, lse, cu_seqlens, block_size, top_k, softmax_scale=None, dtype=None,
