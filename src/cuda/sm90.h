@@ -73,8 +73,9 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *bar, uint32_t by
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(moba_smem_addr(bar)), "r"(bytes)
                  : "memory");
 }
-/* TMA 2D tile load: box at element coordinates {x (inner), y (row)} of the tensor map (a __grid_constant__
- * kernel parameter) into dst, completing `bytes` of the mbarrier's expected transaction count. */
+/* TMA 2D tile load: the box at element coordinates {x (inner), y (row)} of the tensor map (a __grid_constant__
+ * kernel parameter) into dst; the box's bytes (zero-filled rows included) count towards the mbarrier's
+ * expected transactions as they land. */
 __device__ __forceinline__ void tma_load_2d(void *dst, const void *tmap, int x, int y, uint64_t *bar) {
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
                  " [%0], [%1, {%2, %3}], [%4];\n"
