@@ -209,8 +209,8 @@ moba_status moba_cpu_backward(const moba_call *c, const void *dout, const void *
     size_t per = bwd_scratch_bytes(d);
     char *scratch = cpu_scratch_alloc(fn, threads, per);
     if (!scratch) return MOBA_ERR_OUT_OF_MEMORY;
-    moba_status st = given ? cpu_route(fn, c, q, k, &w, base, NULL, c->slots) /* the plan's layout only */
-                           : cpu_route(fn, c, q, k, &w, base, (int32_t *)sel, c->slots);
+    /* given: only the plan's layout (NULL: no centroids, no selection) */
+    moba_status st = cpu_route(fn, c, q, k, &w, base, given ? NULL : (int32_t *)sel, c->slots);
     if (st != MOBA_OK) {
         cpu_scratch_free(scratch);
         return st;

@@ -320,13 +320,14 @@ struct KbmWsLayout {
     static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0 && k % 1024 == 0, "1024-byte aligned tiles");
     static_assert(bytes <= KBM_SMEM_MAX, "shared memory");
 };
-/* TMA variant (one Q buffer): as many stages of BN keys as fit, at most 6 (64-key stages: the same ring
- * as the cp.async kernel's; 128-key stages: 3 at D = 128, where a consumer step holds two of them and
- * leaves one of look-ahead, as in v12 (docs/cuda.md); 6 at D = 64) */
-constexpr int kbm_tma_stages(int D, int BN) {
-    return (KBM_SMEM_MAX - 1024 - 2 * 64 * D * 2 - 8 * 16) / (2 * BN * D * 2) < 6
-               ? (KBM_SMEM_MAX - 1024 - 2 * 64 * D * 2 - 8 * 16) / (2 * BN * D * 2)
-               : 6;
+/* TMA variant (one Q buffer): as many stages of BN keys as fit beside the layout's other pieces, at most 6
+ * (64-key stages: the same ring as the cp.async kernel's; 128-key stages: 3 at D = 128, where a consumer
+ * step holds two of them and leaves one of look-ahead, as in v12 (docs/cuda.md); 6 at D = 64). A stage is
+ * its K and V tiles and its two mbarriers. */
+template <int D, int BN> constexpr int kbm_tma_stages() {
+    using L0 = KbmWsLayout<D, BN, 1, 0, true>;
+    constexpr size_t fit = (KBM_SMEM_MAX - L0::bytes) / (2 * L0::KV_BYTES + 2 * sizeof(uint64_t));
+    return fit < 6 ? (int)fit : 6;
 }
 
 /* The TMA producer's copy of a tile's Q (128 rows, n valid; rows >= n -> 0, any: an address for them) into
@@ -361,7 +362,7 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
     static_assert(NQ == 2 || (NQ == 1 && QR), "one Q buffer needs Q in registers");
     static_assert(!TMA || (QR && NQ == 1 && !PP), "the TMA variant: Q in registers, one Q buffer, no ping-pong");
     static_assert(TMA || BN == SM90_BN, "128-key stages only with TMA");
-    constexpr int ROWS = 64, NS = TMA ? kbm_tma_stages(D, BN) : KBM_WS_STAGES(NQ), LAG = 1;
+    constexpr int ROWS = 64, NS = TMA ? kbm_tma_stages<D, BN>() : KBM_WS_STAGES(NQ), LAG = 1;
     using L = KbmWsLayout<D, BN, NQ, NS, TMA>;
     constexpr int Q_BYTES = L::Q_BYTES, KV_BYTES = L::KV_BYTES;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -870,8 +871,8 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
         const int64_t ctas = bound < a.ws_ctas ? bound : a.ws_ctas;
         constexpr int BN2 = 2 * SM90_BN;
         auto kernel = tma.mode == 2 ? kbm_attend_ws_tma_kernel<T, D, BN2> : kbm_attend_ws_tma_kernel<T, D, SM90_BN>;
-        const size_t smem = tma.mode == 2 ? KbmWsLayout<D, BN2, 1, kbm_tma_stages(D, BN2), true>::bytes
-                                          : KbmWsLayout<D, SM90_BN, 1, kbm_tma_stages(D, SM90_BN), true>::bytes;
+        const size_t smem = tma.mode == 2 ? KbmWsLayout<D, BN2, 1, kbm_tma_stages<D, BN2>(), true>::bytes
+                                          : KbmWsLayout<D, SM90_BN, 1, kbm_tma_stages<D, SM90_BN>(), true>::bytes;
         MOBA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         kernel<<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a, tma.k, tma.v);
     } else {
@@ -891,13 +892,13 @@ static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmAr
                            int tma_mode) {
     KbmTma tma;
     tma.mode = 0;
-    const int mode = tma_mode; /* 2 (128-key stages) only comes for blocks of a multiple of 128 keys */
-    if (mode && a.ws_ctas > 0 && a.qregs && a.qbufs == 1 && !a.pingpong) {
+    /* tma_mode 2 (128-key stages) only comes for blocks of a multiple of 128 keys */
+    if (tma_mode && a.ws_ctas > 0 && a.qregs && a.qbufs == 1 && !a.pingpong) {
         const bool bf16 = c->p->dtype == MOBA_DTYPE_BF16;
-        const int rows = mode * SM90_BN; /* a box: one stage's keys */
+        const int rows = tma_mode * SM90_BN; /* a box: one stage's keys */
         if (kbm_tensor_map(&tma.k, a.k, a.total, a.Hkv, D, rows, bf16) &&
             kbm_tensor_map(&tma.v, a.v, a.total, a.Hkv, D, rows, bf16))
-            tma.mode = mode;
+            tma.mode = tma_mode;
     }
     const int64_t units = (int64_t)c->p->num_q_heads * plan->num_ftiles, nf = plan->num_ftiles;
     /* passes: consecutive units whose pairs fit kcap */
