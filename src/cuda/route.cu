@@ -113,11 +113,6 @@ __device__ __forceinline__ void reg_insert32(int (&ok)[KMAX], int (&bl)[KMAX], i
         blk = take ? cb : blk;
     }
 }
-/* The score a scan-list key stands for, as a threshold: -inf for an empty slot or a NaN (nothing may be
- * rejected by a float compare then), else the float whose order key it is (order_key inverted). */
-__device__ __forceinline__ float scan_key_score(int key) {
-    return key == INT_MIN || key == INT_MIN + 1 ? -INFINITY : __int_as_float(key >= 0 ? key : key ^ 0x7fffffff);
-}
 /* The 64-bit candidate key of a scan-list entry (for the merge of the two halves). */
 __device__ __forceinline__ long long scan_to_cand(int ok, int blk) {
     if (ok == INT_MAX) return LLONG_MAX;
@@ -226,7 +221,9 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
                     const int key = scan_key(mine[i]);
                     if (key > sok[KR - 1]) reg_insert32<KR>(sok, sbl, key, c0 + half * (ROUTE_CHUNK / 2) + i);
                 }
-                thr_f = scan_key_score(sok[KR - 1]);
+                const int last = sok[KR - 1];
+                thr_f = last == INT_MIN || last == INT_MIN + 1 ? -INFINITY
+                                                              : __int_as_float(last >= 0 ? last : last ^ 0x7fffffff);
             }
         } else if (tid < rows) {
             const float *mine = sS + tid * 65;
