@@ -112,9 +112,6 @@ class NumpyArrays:
     def empty_i32(self, shape, like):
         return np.empty(shape, dtype=np.int32)
 
-    def is_f32(self, x):
-        return x.dtype == np.float32
-
     def backend(self, ref):
         return _lib.BACKEND_CPU, None
 
@@ -163,9 +160,6 @@ class TorchTensors:
 
     def empty_i32(self, shape, like):
         return self.torch.empty(shape, dtype=self.torch.int32, device=like.device)
-
-    def is_f32(self, x):
-        return x.dtype == self.torch.float32
 
     def backend(self, ref):
         dev = ref.device
@@ -244,16 +238,20 @@ class Call:
             raise ValueError("moba: %s has shape %s, expected %s" % (name, tuple(x.shape), shape))
         return self.A.contiguous(x)
 
+    def side_input(self, name, x, dtype, shape, dims):
+        """An input with a dtype of its own (lse: float32, block_idx: int32): its kind, dtype, shape
+        (named dims in messages) and device checked; contiguous."""
+        self.A.check_kind(name, x)
+        if str(x.dtype).replace("torch.", "") != dtype:
+            raise TypeError("moba: %s must be %s, got %s" % (name, dtype, x.dtype))
+        if tuple(x.shape) != shape:
+            raise ValueError("moba: %s has shape %s, expected %s = %s" % (name, tuple(x.shape), dims, shape))
+        if is_torch_tensor(x) and x.device != self.ref.device:
+            raise ValueError("moba: %s is on %s, q is on %s" % (name, x.device, self.ref.device))
+        return self.A.contiguous(x)
+
     def lse_input(self, lse):
-        self.A.check_kind("lse", lse)
-        if not self.A.is_f32(lse):
-            raise TypeError("moba: lse must be float32, got %s" % lse.dtype)
-        shape = (self.q_shape[1], self.q_shape[0])
-        if tuple(lse.shape) != shape:
-            raise ValueError("moba: lse has shape %s, expected [num_q_heads, total] = %s" % (tuple(lse.shape), shape))
-        if is_torch_tensor(lse) and lse.device != self.ref.device:
-            raise ValueError("moba: lse is on %s, q is on %s" % (lse.device, self.ref.device))
-        return self.A.contiguous(lse)
+        return self.side_input("lse", lse, "float32", (self.q_shape[1], self.q_shape[0]), "[num_q_heads, total]")
 
     def run(self, fn, op, *pointers):
         """Calls fn(params, *pointers, workspace, bytes) with the device guard and workspace in place."""
@@ -295,20 +293,6 @@ def forward(q, k, v, cu_seqlens, block_size, top_k, softmax_scale=None, dtype=No
     return o, lse, idx
 
 
-def block_idx_input(c, block_idx):
-    """A caller's selection for the backward: int32 [num_q_heads, total, top_k] beside q, contiguous."""
-    c.A.check_kind("block_idx", block_idx)
-    if str(block_idx.dtype).replace("torch.", "") != "int32":
-        raise TypeError("moba: block_idx must be int32, got %s" % block_idx.dtype)
-    shape = (c.q_shape[1], c.q_shape[0], c.p.top_k)
-    if tuple(block_idx.shape) != shape:
-        raise ValueError("moba: block_idx has shape %s, expected [num_q_heads, total, top_k] = %s"
-                         % (tuple(block_idx.shape), shape))
-    if is_torch_tensor(block_idx) and block_idx.device != c.ref.device:
-        raise ValueError("moba: block_idx is on %s, q is on %s" % (block_idx.device, c.ref.device))
-    return c.A.contiguous(block_idx)
-
-
 def backward(do, q, k, v, o, lse, cu_seqlens, block_size, top_k, softmax_scale=None, dtype=None,
              deterministic=False, block_idx=None):
     """(dq, dk, dv) of the attention whose forward gave o and lse; block_idx: that forward's selection
@@ -322,7 +306,8 @@ def backward(do, q, k, v, o, lse, cu_seqlens, block_size, top_k, softmax_scale=N
     oc = c.input("o", o, c.q_shape)
     lsec = c.lse_input(lse)
     if block_idx is not None:
-        idx = block_idx_input(c, block_idx)
+        idx = c.side_input("block_idx", block_idx, "int32", (c.q_shape[1], c.q_shape[0], c.p.top_k),
+                           "[num_q_heads, total, top_k]")
         c.keep = idx  # alive until the call returns
         c.p.block_idx = ctypes.cast(A.ptr(idx), ctypes.POINTER(ctypes.c_int32))
     dq, dk, dv = A.empty(c.q_shape, qc), A.empty(c.kv_shape, qc), A.empty(c.kv_shape, qc)
