@@ -113,6 +113,11 @@ __device__ __forceinline__ void reg_insert32(int (&ok)[KMAX], int (&bl)[KMAX], i
         blk = take ? cb : blk;
     }
 }
+/* The score a scan-list key stands for, as a threshold: -inf for an empty slot or a NaN (nothing may be
+ * rejected by a float compare then), else the float whose order key it is (order_key inverted). */
+__device__ __forceinline__ float scan_key_score(int key) {
+    return key == INT_MIN || key == INT_MIN + 1 ? -INFINITY : __int_as_float(key >= 0 ? key : key ^ 0x7fffffff);
+}
 /* The 64-bit candidate key of a scan-list entry (for the merge of the two halves). */
 __device__ __forceinline__ long long scan_to_cand(int ok, int blk) {
     if (ok == INT_MAX) return LLONG_MAX;
@@ -221,9 +226,7 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
                     const int key = scan_key(mine[i]);
                     if (key > sok[KR - 1]) reg_insert32<KR>(sok, sbl, key, c0 + half * (ROUTE_CHUNK / 2) + i);
                 }
-                const int last = sok[KR - 1];
-                thr_f = last == INT_MIN || last == INT_MIN + 1 ? -INFINITY
-                                                              : __int_as_float(last >= 0 ? last : last ^ 0x7fffffff);
+                thr_f = scan_key_score(sok[KR - 1]);
             }
         } else if (tid < rows) {
             const float *mine = sS + tid * 65;
@@ -337,15 +340,20 @@ static moba_status launch_route(const moba_call *c, const moba_cuda_plan *plan, 
     return launch_route_k<T, D, 0>(a, grid, smem, stream);
 }
 
+/* Row i of a [Hq][total] selection: its token's own block. */
+__device__ __forceinline__ int row_own_block(int64_t i, const int32_t *__restrict__ cu, int num_seqs, int64_t total,
+                                             int B) {
+    const int64_t t = i % total;
+    return (int)((t - cu[moba_seg_of(cu, num_seqs, t)]) / B);
+}
+
 /* The selections no score decides, in moba_route's format (top_k == 1: the own block; top_k >= every
  * sequence's blocks: all blocks up to the own), one thread per (q head, token) row. */
 __global__ void trivial_selection_kernel(int32_t *out, const int32_t *__restrict__ cu, int num_seqs, int64_t total,
                                          int B, int k1, int stride, int64_t rows) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows) return;
-    const int64_t t = i % total;
-    const int s = moba_seg_of(cu, num_seqs, t);
-    write_all(out + i * stride, (int)((t - cu[s]) / B), k1, stride);
+    write_all(out + i * stride, row_own_block(i, cu, num_seqs, total, B), k1, stride);
 }
 
 /* A caller's selection (moba_params.block_idx, in_stride entries per row) as the backward's sel (stride
@@ -358,8 +366,7 @@ __global__ void import_selection_kernel(const int32_t *__restrict__ in, int in_s
                                         int64_t rows) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows) return;
-    const int64_t t = i % total;
-    const int s = moba_seg_of(cu, num_seqs, t), j = (int)((t - cu[s]) / B);
+    const int j = row_own_block(i, cu, num_seqs, total, B);
     const int32_t *row = in + i * in_stride;
     int32_t *o = sel + i * stride;
     int n = 0, prev = -1;
@@ -371,22 +378,30 @@ __global__ void import_selection_kernel(const int32_t *__restrict__ in, int in_s
     while (n < stride) o[n++] = -1;
 }
 
-moba_status moba_cuda_trivial_selection(const moba_call *c, const moba_cuda_layout *dl, int32_t *out) {
-    const int64_t rows = (int64_t)c->p->num_q_heads * c->L.total_tokens;
-    trivial_selection_kernel<<<(unsigned)((rows + 255) / 256), 256, 0, (cudaStream_t)c->p->cuda_stream>>>(
-        out, dl->cu_seqlens, c->p->num_seqs, c->L.total_tokens, c->p->block_size, c->p->top_k - 1, c->p->top_k, rows);
+/* in == NULL: the trivial selection into sel (stride top_k); else in (stride top_k) imported into sel. */
+static moba_status selection_rows(const moba_call *c, const moba_cuda_layout *dl, const int32_t *in, int32_t *sel,
+                                  int stride) {
+    const moba_params *p = c->p;
+    const int64_t rows = (int64_t)p->num_q_heads * c->L.total_tokens;
+    const unsigned grid = (unsigned)((rows + 255) / 256);
+    cudaStream_t stream = (cudaStream_t)p->cuda_stream;
+    if (in)
+        import_selection_kernel<<<grid, 256, 0, stream>>>(in, p->top_k, sel, stride, dl->cu_seqlens, p->num_seqs,
+                                                          c->L.total_tokens, p->block_size, rows);
+    else
+        trivial_selection_kernel<<<grid, 256, 0, stream>>>(sel, dl->cu_seqlens, p->num_seqs, c->L.total_tokens,
+                                                           p->block_size, p->top_k - 1, stride, rows);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
 }
 
+moba_status moba_cuda_trivial_selection(const moba_call *c, const moba_cuda_layout *dl, int32_t *out) {
+    return selection_rows(c, dl, NULL, out, c->p->top_k);
+}
+
 moba_status moba_cuda_import_selection(const moba_call *c, const moba_cuda_layout *dl, const int32_t *block_idx,
                                        int32_t *sel, int stride) {
-    const int64_t rows = (int64_t)c->p->num_q_heads * c->L.total_tokens;
-    import_selection_kernel<<<(unsigned)((rows + 255) / 256), 256, 0, (cudaStream_t)c->p->cuda_stream>>>(
-        block_idx, c->p->top_k, sel, stride, dl->cu_seqlens, c->p->num_seqs, c->L.total_tokens, c->p->block_size,
-        rows);
-    MOBA_CUDA_LAUNCHED();
-    return MOBA_OK;
+    return selection_rows(c, dl, block_idx, sel, stride);
 }
 
 moba_status moba_cuda_route_into(const moba_call *c, const moba_cuda_plan *plan, void *ws, const moba_cuda_layout *dl,
