@@ -11,7 +11,7 @@
  *   sel        [Hq][total][top_k] int32                       (forward / backward with routing only)
  *   fpairs     [num_ftiles + 1] int64   history pairs before each forward tile (key-block-major only)
  *   topk_lists [tiles][Hq][64][top_k - 1] int2   only when top_k is too large for shared memory
- *   key-block-major forward only, then: its flags, lse, groups, tiles, pairs and partials (kbm_plan)
+ *   key-block-major forward only, then: its flags, pass plan, lse, groups, tiles, pairs and partials (kbm_plan)
  *   backward only, then: D, the inverted index and its sort's scratch (backward.cu: bwd_plan)
  */
 #include <stdlib.h>
@@ -142,8 +142,7 @@ static int heavier_first(const void *x, const void *y) {
     return a->row_begin < b->row_begin ? -1 : (a->row_begin > b->row_begin);
 }
 
-moba_status moba_cuda_upload_layout(const moba_call *c, const moba_cuda_plan *plan, void *ws, moba_cuda_layout *dl,
-                                    int64_t *fpairs_host) {
+moba_status moba_cuda_upload_layout(const moba_call *c, const moba_cuda_plan *plan, void *ws, moba_cuda_layout *dl) {
     const moba_layout *L = &c->L;
     size_t bytes = plan->upload_end;
     char *host = (char *)calloc(1, bytes);
@@ -164,7 +163,6 @@ moba_status moba_cuda_upload_layout(const moba_call *c, const moba_cuda_plan *pl
             int nh = ftiles[f].block < c->slots - 1 ? ftiles[f].block : c->slots - 1;
             fp[f + 1] = fp[f] + (ftiles[f].row_end - ftiles[f].row_begin) * nh;
         }
-        if (fpairs_host) memcpy(fpairs_host, fp, (size_t)(plan->num_ftiles + 1) * sizeof(int64_t));
     }
     /* From pageable memory the copy is staged before cudaMemcpyAsync returns: host may be freed. */
     cudaError_t err = cudaMemcpyAsync(ws, host, bytes, cudaMemcpyHostToDevice, (cudaStream_t)c->p->cuda_stream);
@@ -189,14 +187,14 @@ moba_status moba_cuda_route(const moba_call *c, const void *q, const void *k, in
     moba_cuda_plan plan;
     moba_cuda_make_plan(c, MOBA_OP_ROUTE, &plan);
     moba_cuda_layout dl;
-    st = moba_cuda_upload_layout(c, &plan, ws, &dl, NULL);
+    st = moba_cuda_upload_layout(c, &plan, ws, &dl);
     if (st != MOBA_OK) return st;
     /* nothing to score: no route kernel (whose candidate lists would grow with top_k) */
     if (!needs_routing(c)) return moba_cuda_trivial_selection(c, &dl, block_idx);
     return moba_cuda_route_into(c, &plan, ws, &dl, q, k, block_idx, c->p->top_k);
 }
 
-/* Backward: routing recomputed as in the forward, then D, the inverted index and the gradients
+/* Backward: the forward's selection (p.block_idx) or routing recomputed as in the forward, then D, the inverted index and the gradients
  * (backward.cu). Default: dq summed with fp32 atomics (not bitwise reproducible); deterministic = 1:
  * a separate dq pass, bitwise reproducible. */
 moba_status moba_cuda_backward(const moba_call *c, const void *dout, const void *q, const void *k, const void *v,
@@ -211,7 +209,7 @@ moba_status moba_cuda_backward(const moba_call *c, const void *dout, const void 
     moba_cuda_plan plan;
     moba_cuda_make_plan(c, MOBA_OP_BACKWARD, &plan);
     moba_cuda_layout dl;
-    st = moba_cuda_upload_layout(c, &plan, ws, &dl, NULL);
+    st = moba_cuda_upload_layout(c, &plan, ws, &dl);
     if (st != MOBA_OK) return st;
     return moba_cuda_backward_run(c, &plan, ws, &dl, dout, q, k, v, o, lse, dq, dk, dv);
 }

@@ -61,9 +61,10 @@ typedef struct {
     /* key-block-major forward (forward_kbm.cu); kbm = 0: none of these exist */
     int kbm;
     size_t fpairs;             /* int64 [num_ftiles + 1] (uploaded): history pairs before each 128-row tile */
-    size_t kflags, klse, kcnt, koff, kntiles, ktiles, kplist, kpart_lse, kpart_o;
+    size_t kflags, kcbase, kpstart, klse, kcnt, koff, kntiles, ktiles, kplist, kpart_lse, kpart_o;
     int64_t kptot;             /* history pairs of one head (fpairs[num_ftiles])                 */
-    int64_t kcap;              /* pairs one pass holds (partials); passes cover kptot * Hq        */
+    int64_t kcap;              /* pairs one pass holds (partials)                                 */
+    int64_t kstep, knpasses;   /* pass q: the units whose first pair is in [q * kstep, + kstep)  */
     int64_t ktile_cap, kng;    /* tile list entries; groups = Hkv * total_full_blocks             */
 } moba_cuda_plan;
 
@@ -76,10 +77,9 @@ moba_status moba_cuda_check_call(const moba_call *c, const char *fn);
 moba_status moba_cuda_check_aligned(const char *fn, int n, const char *const *names, const void *const *ptrs,
                                     const int *align);
 void moba_cuda_make_plan(const moba_call *c, moba_op op, moba_cuda_plan *plan);
-/* Uploads tiles / cu_seqlens / full_base (/ fpairs) into the workspace; fills *dl, and
- * fpairs_host [num_ftiles + 1] when not NULL and plan->kbm. */
+/* Uploads tiles / cu_seqlens / full_base (/ fpairs) into the workspace; fills *dl. */
 moba_status moba_cuda_upload_layout(const moba_call *c, const moba_cuda_plan *plan, void *ws,
-                                    moba_cuda_layout *dl, int64_t *fpairs_host);
+                                    moba_cuda_layout *dl);
 /* Centroids then top-k selection into sel (stride sel_stride per row). */
 moba_status moba_cuda_route_into(const moba_call *c, const moba_cuda_plan *plan, void *ws,
                                  const moba_cuda_layout *dl, const void *q, const void *k,

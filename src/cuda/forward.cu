@@ -205,7 +205,7 @@ static moba_status launch_forward_d(const moba_call *c, const FwdArgs &a, int64_
 
 /* Routing, then the query-tile-major kernel, then (Hopper, spread-out routing) the key-block-major passes. */
 static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan *plan, const moba_cuda_layout *dl,
-                                       const int64_t *fpairs, const void *q, const void *k, const void *v, void *o,
+                                       const void *q, const void *k, const void *v, void *o,
                                        float *lse, void *ws) {
     const moba_params *p = c->p;
     FwdArgs a;
@@ -242,7 +242,7 @@ static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan 
     }
     if (sm90) {
         moba_status st = moba_cuda_forward_sm90(c, a);
-        if (st == MOBA_OK && a.kbm_flags) st = moba_cuda_forward_kbm(c, plan, ws, a, fpairs);
+        if (st == MOBA_OK && a.kbm_flags) st = moba_cuda_forward_kbm(c, plan, ws, a);
         return st;
     }
     int d = p->head_dim;
@@ -263,12 +263,8 @@ moba_status moba_cuda_forward(const moba_call *c, const void *q, const void *k, 
     if (st != MOBA_OK) return st;
     moba_cuda_plan plan;
     moba_cuda_make_plan(c, MOBA_OP_FORWARD, &plan);
-    int64_t *fpairs = NULL; /* the host's copy, for cutting the key-block-major passes */
-    if (plan.kbm && !(fpairs = (int64_t *)malloc(sizeof(int64_t) * (size_t)(plan.num_ftiles + 1))))
-        return moba_fail(MOBA_ERR_OUT_OF_MEMORY, "moba_forward: CUDA backend: out of host memory");
     moba_cuda_layout dl;
-    st = moba_cuda_upload_layout(c, &plan, ws, &dl, fpairs);
-    if (st == MOBA_OK) st = forward_with_layout(c, &plan, &dl, fpairs, q, k, v, o, lse, ws);
-    free(fpairs);
+    st = moba_cuda_upload_layout(c, &plan, ws, &dl);
+    if (st == MOBA_OK) st = forward_with_layout(c, &plan, &dl, q, k, v, o, lse, ws);
     return st;
 }

@@ -35,10 +35,9 @@ int moba_cuda_sm90_applies(const moba_call *c);
 int moba_cuda_hopper(void); /* the device is sm_90 and MOBA_CUDA_NO_WGMMA is not set */
 moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a);
 /* Key-block-major second half (forward_kbm.cu), after forward_sm90 ran with a.kbm_flags set:
- * the history of every handed-off tile, merged into o and a.lse. fpairs: the plan's, on the host. */
+ * the history of every handed-off tile, merged into o and a.lse. */
 void moba_cuda_kbm_setup(const moba_call *c, FwdArgs *a); /* kbm_min_union, kbm_ws_ctas, kbm_own */
-moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan, void *ws, const FwdArgs &a,
-                                  const int64_t *fpairs);
+moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan, void *ws, const FwdArgs &a);
 
 #ifdef __CUDACC__
 

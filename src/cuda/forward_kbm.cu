@@ -14,11 +14,15 @@
  * (forward.h: kbm_decide); the others never come here.
  *
  * Partials (storage dtype + fp32 lse) cost memory, so pairs go in passes of at most plan->kcap,
- * in unit order u = h * num_ftiles + f. Pair (unit u, row i, slot s) has the index
- * h * kptot + fpairs[f] + i * nh + s (nh = min(block, slots - 1) history blocks per row of the
- * tile), minus the pass's first index. Per pass: count (pairs per group) -> scan (offsets and the
- * tile list) -> scatter (the pair list) -> attend -> merge. The order of rows inside a group comes
- * from atomics, but a row's arithmetic is its own: the output is bitwise reproducible.
+ * in unit order u = h * num_ftiles + f. Only handed-off units have pairs, and which they are is known
+ * on the device only, so the passes are cut there (kbm_passes_kernel): a handed-off unit's pairs are
+ * numbered from cbase[u] (the pairs of the handed-off units before it), pair (unit u, row i, slot s)
+ * is cbase[u] + i * nh + s (nh = min(block, slots - 1) history blocks per row of the tile), and the
+ * unit belongs to pass cbase[u] / kstep, whose partial slots start at pass * kstep. The host launches
+ * the passes that handing off every unit would need; the ones the device finds empty end at once
+ * (routing with locality hands off few units or none). Per pass: count (pairs per group) -> scan
+ * (offsets and the tile list) -> scatter (the pair list) -> attend -> merge. The order of rows inside a
+ * group comes from atomics, but a row's arithmetic is its own: the output is bitwise reproducible.
  */
 #include <limits.h>
 #include <math.h>
@@ -44,7 +48,9 @@ struct KbmArgs {
     const int32_t *sel;         /* [Hq][total][stride] */
     const moba_tile *ftiles;
     const int32_t *cu_seqlens, *full_base;
-    const int64_t *fpairs;      /* [nf + 1] */
+    const int64_t *fpairs;      /* [nf + 1] pairs before each tile (of one head, every tile handed off) */
+    int64_t *cbase;             /* [units]: a handed-off unit's first pair (handed-off units only) */
+    int64_t *pstart;            /* [npasses + 1]: the first unit of each pass */
     const int32_t *flags;       /* [Hq][nf]: tile handed off */
     int32_t *cnt, *off;         /* [ng]: pairs per group (then a cursor), first pair of each group */
     int32_t *ntiles;            /* [1] tiles of this pass */
@@ -52,7 +58,8 @@ struct KbmArgs {
     int2 *plist;                /* {t * Hq + h, partial slot} grouped */
     float *part_lse;            /* [kcap] */
     void *part_o;               /* [kcap][D] storage dtype */
-    int64_t total, nf, ptot, tfb, ng, u0, s0;
+    int64_t total, nf, ptot, tfb, ng;
+    int64_t pass, s0;           /* this pass and its first pair (pass * kstep) */
     int Hq, Hkv, group, B, stride, k1, num_seqs;
     int ws_ctas;                /* persistent CTAs of the warp-specialised kernel (SMs); 0: the plain one */
     int own;                    /* handed-off tiles' own blocks are items of the warp-specialised kernel */
@@ -70,7 +77,7 @@ __device__ __forceinline__ void for_each_pair(const KbmArgs &a, int64_t u, Fn &&
     const int64_t f = u % a.nf;
     const moba_tile tile = a.ftiles[f];
     const int nh = min(tile.block, a.k1), rows = (int)(tile.row_end - tile.row_begin);
-    const int64_t base = (int64_t)h * a.ptot + a.fpairs[f] - a.s0;
+    const int64_t base = a.cbase[u] - a.s0;
     const int64_t gbase = (int64_t)(h / a.group) * a.tfb + a.full_base[tile.seq];
     const int32_t *tsel = a.sel + ((int64_t)h * a.total + tile.row_begin) * a.stride;
     for (int x = threadIdx.x; x < rows * nh; x += blockDim.x) {
@@ -79,20 +86,64 @@ __device__ __forceinline__ void for_each_pair(const KbmArgs &a, int64_t u, Fn &&
     }
 }
 
+/* History pairs of unit u when it is handed off, else 0. */
+__device__ __forceinline__ int64_t kbm_unit_pairs(const KbmArgs &a, int64_t u) {
+    const int64_t f = u % a.nf;
+    return a.flags[u] ? a.fpairs[f + 1] - a.fpairs[f] : 0;
+}
+
+/* One CTA, before the passes: cbase (exclusive prefix sums of kbm_unit_pairs) and pstart, pass q being
+ * the units with min(cbase / kstep, npasses - 1) == q. A pass then spans fewer than kstep + (pairs of one
+ * unit) <= kcap pairs, and the last one fewer than kstep (npasses = ceil(all pairs / kstep)). */
+__global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_passes_kernel(KbmArgs a, int64_t units, int64_t kstep,
+                                                                      int64_t npasses) {
+    __shared__ int64_t sp[KBM_SCAN_THREADS];
+    const int tid = threadIdx.x;
+    const int64_t per = (units + KBM_SCAN_THREADS - 1) / KBM_SCAN_THREADS;
+    const int64_t u0 = min(units, tid * per), u1 = min(units, u0 + per);
+    int64_t n = 0;
+    for (int64_t u = u0; u < u1; u++) n += kbm_unit_pairs(a, u);
+    sp[tid] = n;
+    __syncthreads();
+    for (int o = 1; o < KBM_SCAN_THREADS; o *= 2) { /* inclusive scan */
+        const int64_t v = tid >= o ? sp[tid - o] : 0;
+        __syncthreads();
+        sp[tid] += v;
+        __syncthreads();
+    }
+    auto pass_of = [&](int64_t cb) { return min(cb / kstep, npasses - 1); };
+    int64_t cb = sp[tid] - n;
+    if (u0 < u1) {
+        int64_t q = u0 == 0 ? -1 : pass_of(cb - kbm_unit_pairs(a, u0 - 1)); /* pass of unit u0 - 1 */
+        for (int64_t u = u0; u < u1; u++) {
+            a.cbase[u] = cb;
+            for (const int64_t qu = pass_of(cb); q < qu;) a.pstart[++q] = u;
+            cb += kbm_unit_pairs(a, u);
+        }
+        if (u1 == units)
+            while (q < npasses) a.pstart[++q] = units;
+    }
+    if (units == 0 && tid == 0)
+        for (int64_t q = 0; q <= npasses; q++) a.pstart[q] = 0;
+}
+
 /* The pairs of a group are counted per CTA in shared memory first: a group's global counter is hot
  * (thousands of pairs per pass, and same-address atomics serialise), so one global atomic per
- * (CTA, group) instead of one per pair. A CTA takes KBM_UNITS_PER_CTA consecutive units; its
- * histogram covers the centroid slots of its first unit's kv head; pairs of another kv head (at a
- * head boundary), or every pair when tfb > KBM_HIST_MAX, go to the global counters directly. */
+ * (CTA, group) instead of one per pair. A CTA takes KBM_UNITS_PER_CTA consecutive units of the pass at a
+ * time (grid-stride); its histogram covers the centroid slots of their first unit's kv head; pairs of
+ * another kv head (at a head boundary), or every pair when tfb > KBM_HIST_MAX, go to the global counters
+ * directly. */
 struct KbmHist {
     int *hist;
     int64_t g0, ub, ue;
     bool on;
-    __device__ __forceinline__ KbmHist(const KbmArgs &a, int64_t units, int *smem) {
-        ub = a.u0 + (int64_t)blockIdx.x * KBM_UNITS_PER_CTA;
-        ue = min(ub + KBM_UNITS_PER_CTA, a.u0 + units);
+    /* the units of chunk `chunk` of the pass (ub >= ue: past its end); the caller syncs before reuse */
+    __device__ __forceinline__ KbmHist(const KbmArgs &a, int64_t chunk, int *smem) {
+        const int64_t pe = a.pstart[a.pass + 1];
+        ub = a.pstart[a.pass] + chunk * KBM_UNITS_PER_CTA;
+        ue = min(ub + KBM_UNITS_PER_CTA, pe);
         g0 = (int64_t)((int)(ub / a.nf) / a.group) * a.tfb;
-        on = a.tfb <= KBM_HIST_MAX;
+        on = a.tfb <= KBM_HIST_MAX && ub < ue;
         hist = smem;
         if (on) {
             for (int i = threadIdx.x; i < a.tfb; i += blockDim.x) hist[i] = 0;
@@ -104,49 +155,62 @@ struct KbmHist {
     }
 };
 
-__global__ void __launch_bounds__(256) kbm_count_kernel(KbmArgs a, int64_t units) {
+__global__ void __launch_bounds__(256) kbm_count_kernel(KbmArgs a) {
     extern __shared__ int smem_hist[];
-    KbmHist H(a, units, smem_hist);
-    for (int64_t u = H.ub; u < H.ue; u++)
-        for_each_pair(a, u, [&](int64_t, int64_t, int, int64_t g) {
-            int *c = H.slot(a, g);
-            atomicAdd(c ? c : &a.cnt[g], 1);
-        });
-    if (!H.on) return;
-    __syncthreads();
-    for (int i = threadIdx.x; i < a.tfb; i += blockDim.x)
-        if (H.hist[i]) atomicAdd(&a.cnt[H.g0 + i], H.hist[i]);
+    for (int64_t chunk = blockIdx.x;; chunk += gridDim.x) {
+        KbmHist H(a, chunk, smem_hist);
+        if (H.ub >= H.ue) return;
+        for (int64_t u = H.ub; u < H.ue; u++)
+            for_each_pair(a, u, [&](int64_t, int64_t, int, int64_t g) {
+                int *c = H.slot(a, g);
+                atomicAdd(c ? c : &a.cnt[g], 1);
+            });
+        if (!H.on) continue;
+        __syncthreads();
+        for (int i = threadIdx.x; i < a.tfb; i += blockDim.x)
+            if (H.hist[i]) atomicAdd(&a.cnt[H.g0 + i], H.hist[i]);
+        __syncthreads(); /* the histogram is read before the next chunk clears it */
+    }
 }
 
 /* The same count again, then one global atomic per (CTA, group) reserves the CTA's range of the
  * group's pair list, and each pair takes the next place in it (shared atomics). */
-__global__ void __launch_bounds__(256) kbm_scatter_kernel(KbmArgs a, int64_t units) {
+__global__ void __launch_bounds__(256) kbm_scatter_kernel(KbmArgs a) {
     extern __shared__ int smem_hist[];
-    KbmHist H(a, units, smem_hist);
-    if (H.on) {
+    for (int64_t chunk = blockIdx.x;; chunk += gridDim.x) {
+        KbmHist H(a, chunk, smem_hist);
+        if (H.ub >= H.ue) return;
+        if (H.on) {
+            for (int64_t u = H.ub; u < H.ue; u++)
+                for_each_pair(a, u, [&](int64_t, int64_t, int, int64_t g) {
+                    if (int *c = H.slot(a, g)) atomicAdd(c, 1);
+                });
+            __syncthreads();
+            for (int i = threadIdx.x; i < a.tfb; i += blockDim.x)
+                if (H.hist[i]) H.hist[i] = a.off[H.g0 + i] + atomicAdd(&a.cnt[H.g0 + i], H.hist[i]);
+            __syncthreads();
+        }
         for (int64_t u = H.ub; u < H.ue; u++)
-            for_each_pair(a, u, [&](int64_t, int64_t, int, int64_t g) {
-                if (int *c = H.slot(a, g)) atomicAdd(c, 1);
+            for_each_pair(a, u, [&](int64_t p, int64_t t, int h, int64_t g) {
+                int *c = H.slot(a, g);
+                const int at = c ? atomicAdd(c, 1) : a.off[g] + atomicAdd(&a.cnt[g], 1);
+                a.plist[at] = make_int2((int)(t * a.Hq + h), (int)p);
             });
-        __syncthreads();
-        for (int i = threadIdx.x; i < a.tfb; i += blockDim.x)
-            if (H.hist[i]) H.hist[i] = a.off[H.g0 + i] + atomicAdd(&a.cnt[H.g0 + i], H.hist[i]);
-        __syncthreads();
+        __syncthreads(); /* the histogram is read before the next chunk clears it */
     }
-    for (int64_t u = H.ub; u < H.ue; u++)
-        for_each_pair(a, u, [&](int64_t p, int64_t t, int h, int64_t g) {
-            int *c = H.slot(a, g);
-            const int at = c ? atomicAdd(c, 1) : a.off[g] + atomicAdd(&a.cnt[g], 1);
-            a.plist[at] = make_int2((int)(t * a.Hq + h), (int)p);
-        });
 }
 
 /* One CTA: exclusive prefix sums of the group counts (pair offsets) and of their tile counts, the
  * tile list, and the counts reset to 0 for the scatter's cursors. With a.own, the list goes on with
  * one own-block item per handed-off unit of the pass: {-1 - q head, block's first key, first row, rows}. */
-__global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a, int64_t units) {
+__global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a) {
     __shared__ int64_t sp[KBM_SCAN_THREADS], st[KBM_SCAN_THREADS];
     const int tid = threadIdx.x;
+    const int64_t ub = a.pstart[a.pass], units = a.pstart[a.pass + 1] - ub;
+    if (units == 0) { /* an empty pass: nothing was counted */
+        if (tid == 0) *a.ntiles = 0;
+        return;
+    }
     const int64_t per = (a.ng + KBM_SCAN_THREADS - 1) / KBM_SCAN_THREADS;
     const int64_t g0 = min(a.ng, tid * per), g1 = min(a.ng, g0 + per);
     int64_t np = 0, nt = 0;
@@ -185,9 +249,9 @@ __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a, i
         return;
     }
     const int64_t uper = (units + KBM_SCAN_THREADS - 1) / KBM_SCAN_THREADS;
-    const int64_t u0 = min(units, tid * uper), u1 = min(units, u0 + uper);
+    const int64_t u0 = ub + min(units, tid * uper), u1 = ub + min(units, tid * uper + uper);
     int64_t no = 0;
-    for (int64_t u = u0; u < u1; u++) no += a.flags[a.u0 + u] != 0;
+    for (int64_t u = u0; u < u1; u++) no += a.flags[u] != 0;
     __syncthreads(); /* every thread has read st */
     st[tid] = no;
     __syncthreads();
@@ -199,9 +263,9 @@ __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a, i
     }
     t = hist_tiles + st[tid] - no;
     for (int64_t u = u0; u < u1; u++) {
-        if (!a.flags[a.u0 + u]) continue;
-        const int h = (int)((a.u0 + u) / a.nf);
-        const moba_tile tile = a.ftiles[(a.u0 + u) % a.nf];
+        if (!a.flags[u]) continue;
+        const int h = (int)(u / a.nf);
+        const moba_tile tile = a.ftiles[u % a.nf];
         const int64_t key0 = a.cu_seqlens[tile.seq] + (int64_t)tile.block * a.B;
         a.tiles[t++] = make_int4(-1 - h, (int)key0, (int)tile.row_begin, (int)(tile.row_end - tile.row_begin));
     }
@@ -648,19 +712,16 @@ kbm_attend_ws_tma_kernel(KbmArgs a, const __grid_constant__ CUtensorMap tmk, con
  * loads 16 bytes, D / 8 lanes cover one partial, so a warp reads 32 / (D / 8) partials per load and
  * keeps several loads in flight; the lane groups' sums are added by shuffles at the end. */
 template <typename T, int D>
-__global__ void __launch_bounds__(128) kbm_merge_kernel(KbmArgs a) {
+__device__ __forceinline__ void kbm_merge_row(const KbmArgs &a, int64_t u, int i) {
     constexpr int V = 16 / sizeof(T), LP = D / V, PW = 32 / LP; /* elements per load; lanes per row; rows per load */
     static_assert(PW >= 1 && 32 % LP == 0, "head dim");
-    const int64_t u = a.u0 + blockIdx.x;
-    if (!a.flags[u]) return;
     const int h = (int)(u / a.nf);
-    const int64_t f = u % a.nf;
-    const moba_tile tile = a.ftiles[f];
-    const int i = blockIdx.y * 4 + threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / LP, col = lane % LP * V;
+    const moba_tile tile = a.ftiles[u % a.nf];
+    const int lane = threadIdx.x % 32, grp = lane / LP, col = lane % LP * V;
     const int nh = min(tile.block, a.k1);
     if (i >= (int)(tile.row_end - tile.row_begin) || nh == 0) return;
     const int64_t t = tile.row_begin + i;
-    const int64_t p0 = (int64_t)h * a.ptot + a.fpairs[f] - a.s0 + (int64_t)i * nh;
+    const int64_t p0 = a.cbase[u] - a.s0 + (int64_t)i * nh;
     float *lse_at = a.lse + (int64_t)h * a.total + t;
     const float own = *lse_at;
     float M = own;
@@ -697,12 +758,23 @@ __global__ void __launch_bounds__(128) kbm_merge_kernel(KbmArgs a) {
     if (lane == 0) *lse_at = M + logf(W);
 }
 
+/* The pass's units, grid-stride (the host launches for the largest pass there could be): 4 rows of
+ * each unit per CTA, gridDim.y = 128 / 4. */
+template <typename T, int D>
+__global__ void __launch_bounds__(128) kbm_merge_kernel(KbmArgs a) {
+    const int64_t ue = a.pstart[a.pass + 1];
+    const int i = blockIdx.y * 4 + threadIdx.x / 32;
+    for (int64_t u = a.pstart[a.pass] + blockIdx.x; u < ue; u += gridDim.x)
+        if (a.flags[u]) kbm_merge_row<T, D>(a, u, i);
+}
+
 /* ---- host ---- */
 
 int moba_cuda_kbm_enabled(const moba_call *c) {
     const moba_params *p = c->p;
     if (c->full_attention || p->top_k <= 1 || p->block_size % SM90_BN != 0) return 0;
     if (c->L.total_tokens * p->num_q_heads >= INT_MAX) return 0; /* pair rows are int32 */
+    if ((int64_t)MOBA_FWD_TILE_ROWS * 4 * (c->slots - 1) > INT_MAX / 2) return 0; /* so are partial slots */
     const char *e = getenv("MOBA_CUDA_KBM");
     return !(e && *e == '0');
 }
@@ -769,18 +841,24 @@ size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off) 
     int64_t cap = (dense / 10 > KBM_MIN_BUDGET ? dense / 10 : KBM_MIN_BUDGET) / per_pair;
     const char *e = getenv("MOBA_CUDA_KBM_PAIRS"); /* tests: force many passes */
     if (e && atoll(e) > 0) cap = atoll(e);
-    const int64_t unit_max = (int64_t)MOBA_FWD_TILE_ROWS * k1; /* a pass holds at least one tile */
-    if (cap < unit_max) cap = unit_max;
-    if (cap > all) cap = all;
-    if (cap > INT_MAX / 2) cap = INT_MAX / 2;
-    if (cap < 1) cap = 1;
+    /* A pass: the units whose first pair falls in its kstep pairs, so up to kstep - 1 + one unit's pairs */
+    const int64_t unit_max = (int64_t)MOBA_FWD_TILE_ROWS * k1;
+    if (cap < 2 * unit_max) cap = 2 * unit_max;
+    if (cap > INT_MAX / 2) cap = INT_MAX / 2; /* moba_cuda_kbm_enabled: still >= 2 * unit_max */
+    if (cap >= all) cap = all > 0 ? all : 1;
     plan->kcap = cap;
+    plan->kstep = all <= cap ? cap : cap - unit_max;
+    plan->knpasses = all <= cap ? 1 : (all + plan->kstep - 1) / plan->kstep;
     plan->kng = (int64_t)p->num_kv_heads * L->total_full_blocks;
     /* history tiles, plus one own-block tile per unit (warp-specialised kernel) */
     plan->ktile_cap = cap / KBM_ROWS + (plan->kng < cap ? plan->kng : cap) + 1 + p->num_q_heads * plan->num_ftiles;
 
     plan->kflags = off;
     off = align256(off + sizeof(int32_t) * (size_t)(p->num_q_heads * plan->num_ftiles));
+    plan->kcbase = off;
+    off = align256(off + sizeof(int64_t) * (size_t)(p->num_q_heads * plan->num_ftiles));
+    plan->kpstart = off;
+    off = align256(off + sizeof(int64_t) * (size_t)(plan->knpasses + 1));
     plan->klse = off;
     off = align256(off + sizeof(float) * (size_t)(p->num_q_heads * L->total_tokens));
     plan->kcnt = off;
@@ -842,21 +920,23 @@ static bool kbm_tensor_map(CUtensorMap *m, const void *base, int64_t total, int 
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+/* One pass (a.pass, a.s0 set). Its units are known on the device only; units: all of them, for the
+ * grids, which are grid-stride and end at once past the pass's units. */
 template <typename T, int D>
 static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, const KbmTma &tma,
-                            int64_t units, int64_t pairs) {
+                            int64_t units) {
     cudaStream_t stream = (cudaStream_t)c->p->cuda_stream;
     MOBA_CUDA_TRY(cudaMemsetAsync(a.cnt, 0, sizeof(int32_t) * (size_t)a.ng, stream));
-    const unsigned hist_ctas = (unsigned)((units + KBM_UNITS_PER_CTA - 1) / KBM_UNITS_PER_CTA);
+    const int64_t chunks = (units + KBM_UNITS_PER_CTA - 1) / KBM_UNITS_PER_CTA;
+    const unsigned hist_ctas = (unsigned)(chunks < 1024 ? chunks : 1024);
     const size_t hist_bytes = a.tfb <= KBM_HIST_MAX ? sizeof(int) * (size_t)a.tfb : 0;
-    kbm_count_kernel<<<hist_ctas, 256, hist_bytes, stream>>>(a, units);
+    kbm_count_kernel<<<hist_ctas, 256, hist_bytes, stream>>>(a);
     MOBA_CUDA_LAUNCHED();
-    kbm_scan_kernel<<<1, KBM_SCAN_THREADS, 0, stream>>>(a, units);
+    kbm_scan_kernel<<<1, KBM_SCAN_THREADS, 0, stream>>>(a);
     MOBA_CUDA_LAUNCHED();
-    kbm_scatter_kernel<<<hist_ctas, 256, hist_bytes, stream>>>(a, units);
+    kbm_scatter_kernel<<<hist_ctas, 256, hist_bytes, stream>>>(a);
     MOBA_CUDA_LAUNCHED();
-    int64_t bound = pairs / KBM_ROWS + (a.ng < pairs ? a.ng : pairs) + 1 + (a.own ? units : 0);
-    if (bound > plan->ktile_cap) bound = plan->ktile_cap;
+    const int64_t bound = plan->ktile_cap; /* the tiles a pass can have */
     if (a.ws_ctas > 0 && !tma.mode) {
         const int nq = a.qregs && a.qbufs == 1 ? 1 : 2;
         const size_t smem = nq == 1 ? KbmWsLayout<D, SM90_BN, 1, KBM_WS_STAGES(1), false>::bytes
@@ -882,14 +962,13 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
         kbm_attend_kernel<T, D><<<(unsigned)bound, SM90_THREADS, smem, stream>>>(a);
     }
     MOBA_CUDA_LAUNCHED();
-    kbm_merge_kernel<T, D><<<dim3((unsigned)units, MOBA_FWD_TILE_ROWS / 4), 128, 0, stream>>>(a);
+    kbm_merge_kernel<T, D><<<dim3((unsigned)(units < 1024 ? units : 1024), MOBA_FWD_TILE_ROWS / 4), 128, 0, stream>>>(a);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
 }
 
 template <typename T, int D>
-static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, const int64_t *fpairs,
-                           int tma_mode) {
+static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, int tma_mode) {
     KbmTma tma;
     tma.mode = 0;
     /* tma_mode 2 (128-key stages) only comes for blocks of a multiple of 128 keys */
@@ -900,30 +979,20 @@ static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmAr
             kbm_tensor_map(&tma.v, a.v, a.total, a.Hkv, D, rows, bf16))
             tma.mode = tma_mode;
     }
-    const int64_t units = (int64_t)c->p->num_q_heads * plan->num_ftiles, nf = plan->num_ftiles;
-    /* passes: consecutive units whose pairs fit kcap */
-    for (int64_t u0 = 0; u0 < units;) {
-        const int64_t s0 = (u0 / nf) * plan->kptot + fpairs[u0 % nf];
-        int64_t u1 = u0, end = s0;
-        while (u1 < units) {
-            const int64_t e = (u1 / nf) * plan->kptot + fpairs[u1 % nf + 1];
-            if (u1 > u0 && e - s0 > plan->kcap) break;
-            end = e;
-            u1++;
-        }
-        if (end > s0 || a.own) { /* with a.own, a pass without pairs still has the own blocks */
-            a.u0 = u0;
-            a.s0 = s0;
-            moba_status st = kbm_pass<T, D>(c, plan, a, tma, u1 - u0, end - s0);
-            if (st != MOBA_OK) return st;
-        }
-        u0 = u1;
+    const int64_t units = (int64_t)c->p->num_q_heads * plan->num_ftiles;
+    kbm_passes_kernel<<<1, KBM_SCAN_THREADS, 0, (cudaStream_t)c->p->cuda_stream>>>(a, units, plan->kstep,
+                                                                                   plan->knpasses);
+    MOBA_CUDA_LAUNCHED();
+    for (int64_t q = 0; q < plan->knpasses; q++) {
+        a.pass = q;
+        a.s0 = q * plan->kstep;
+        moba_status st = kbm_pass<T, D>(c, plan, a, tma, units);
+        if (st != MOBA_OK) return st;
     }
     return MOBA_OK;
 }
 
-moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan, void *ws, const FwdArgs &f,
-                                  const int64_t *fpairs) {
+moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan, void *ws, const FwdArgs &f) {
     const moba_params *p = c->p;
     char *w = (char *)ws;
     KbmArgs a;
@@ -938,6 +1007,8 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     a.cu_seqlens = f.dl.cu_seqlens;
     a.full_base = f.dl.full_base;
     a.fpairs = (const int64_t *)(w + plan->fpairs);
+    a.cbase = (int64_t *)(w + plan->kcbase);
+    a.pstart = (int64_t *)(w + plan->kpstart);
     a.flags = (const int32_t *)(w + plan->kflags);
     a.cnt = (int32_t *)(w + plan->kcnt);
     a.off = (int32_t *)(w + plan->koff);
@@ -982,8 +1053,8 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     const int tma = e && (*e == '0' || *e == '1') ? *e - '0' : a.B >= 1024 && a.B % (2 * SM90_BN) == 0 ? 2 : 0;
     if (!a.own && (a.ng == 0 || a.ptot == 0)) return MOBA_OK; /* no history anywhere */
     if (p->dtype == MOBA_DTYPE_BF16)
-        return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, fpairs, tma)
-                                 : kbm_run<__nv_bfloat16, 128>(c, plan, a, fpairs, tma);
-    return p->head_dim == 64 ? kbm_run<__half, 64>(c, plan, a, fpairs, tma)
-                             : kbm_run<__half, 128>(c, plan, a, fpairs, tma);
+        return p->head_dim == 64 ? kbm_run<__nv_bfloat16, 64>(c, plan, a, tma)
+                                 : kbm_run<__nv_bfloat16, 128>(c, plan, a, tma);
+    return p->head_dim == 64 ? kbm_run<__half, 64>(c, plan, a, tma)
+                             : kbm_run<__half, 128>(c, plan, a, tma);
 }
