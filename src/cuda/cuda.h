@@ -61,7 +61,7 @@ typedef struct {
     /* key-block-major forward (forward_kbm.cu); kbm = 0: none of these exist */
     int kbm;
     size_t fpairs;             /* int64 [num_ftiles + 1] (uploaded): history pairs before each 128-row tile */
-    size_t kflags, kcbase, kpstart, klse, kcnt, koff, kntiles, ktiles, kplist, kpart_lse, kpart_o;
+    size_t kflags, kulist, kcbase, kpstart, klse, kcnt, koff, kntiles, ktiles, kplist, kpart_lse, kpart_o;
     int64_t kptot;             /* history pairs of one head (fpairs[num_ftiles])                 */
     int64_t kcap;              /* pairs one pass holds (partials)                                 */
     int64_t kstep, knpasses;   /* pass q: the units whose first pair is in [q * kstep, + kstep)  */

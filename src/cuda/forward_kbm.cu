@@ -15,12 +15,13 @@
  *
  * Partials (storage dtype + fp32 lse) cost memory, so pairs go in passes of at most plan->kcap,
  * in unit order u = h * num_ftiles + f. Only handed-off units have pairs, and which they are is known
- * on the device only, so the passes are cut there (kbm_passes_kernel): a handed-off unit's pairs are
- * numbered from cbase[u] (the pairs of the handed-off units before it), pair (unit u, row i, slot s)
- * is cbase[u] + i * nh + s (nh = min(block, slots - 1) history blocks per row of the tile), and the
- * unit belongs to pass cbase[u] / kstep, whose partial slots start at pass * kstep. The host launches
- * the passes that handing off every unit would need; the ones the device finds empty end at once
- * (routing with locality hands off few units or none). Per pass: count (pairs per group) -> scan
+ * on the device only, so the passes are cut there (kbm_passes_kernel): the handed-off units are listed
+ * in order (ulist); entry x's pairs are numbered from cbase[x] (the pairs of the entries before it),
+ * pair (entry x, row i, slot s) is cbase[x] + i * nh + s (nh = min(block, slots - 1) history blocks
+ * per row of the tile), and the entry belongs to pass cbase[x] / kstep, whose partial slots start at
+ * pass * kstep. The host launches the passes that handing off every unit would need; the ones the
+ * device finds empty end at once (routing with locality hands off few units or none), and the others
+ * never look at a unit that was not handed off. Per pass: count (pairs per group) -> scan
  * (offsets and the tile list) -> scatter (the pair list) -> attend -> merge. The order of rows inside a
  * group comes from atomics, but a row's arithmetic is its own: the output is bitwise reproducible.
  */
@@ -49,8 +50,8 @@ struct KbmArgs {
     const moba_tile *ftiles;
     const int32_t *cu_seqlens, *full_base;
     const int64_t *fpairs;      /* [nf + 1] pairs before each tile (of one head, every tile handed off) */
-    int64_t *cbase;             /* [units]: a handed-off unit's first pair (handed-off units only) */
-    int64_t *pstart;            /* [npasses + 1]: the first unit of each pass */
+    int64_t *ulist, *cbase;     /* [units]: the handed-off units in order, and each one's first pair */
+    int64_t *pstart;            /* [npasses + 1]: each pass's first entry of ulist */
     const int32_t *flags;       /* [Hq][nf]: tile handed off */
     int32_t *cnt, *off;         /* [ng]: pairs per group (then a cursor), first pair of each group */
     int32_t *ntiles;            /* [1] tiles of this pass */
@@ -69,15 +70,15 @@ struct KbmArgs {
     float scale_log2;
 };
 
-/* fn(pair index in the pass, token t, q head h, group g) for each history pair of unit u (all threads). */
+/* fn(pair index in the pass, token t, q head h, group g) for each history pair of ulist entry x (all threads). */
 template <class Fn>
-__device__ __forceinline__ void for_each_pair(const KbmArgs &a, int64_t u, Fn &&fn) {
-    if (!a.flags[u]) return;
+__device__ __forceinline__ void for_each_pair(const KbmArgs &a, int64_t x0, Fn &&fn) {
+    const int64_t u = a.ulist[x0];
     const int h = (int)(u / a.nf);
     const int64_t f = u % a.nf;
     const moba_tile tile = a.ftiles[f];
     const int nh = min(tile.block, a.k1), rows = (int)(tile.row_end - tile.row_begin);
-    const int64_t base = a.cbase[u] - a.s0;
+    const int64_t base = a.cbase[x0] - a.s0;
     const int64_t gbase = (int64_t)(h / a.group) * a.tfb + a.full_base[tile.seq];
     const int32_t *tsel = a.sel + ((int64_t)h * a.total + tile.row_begin) * a.stride;
     for (int x = threadIdx.x; x < rows * nh; x += blockDim.x) {
@@ -86,63 +87,71 @@ __device__ __forceinline__ void for_each_pair(const KbmArgs &a, int64_t u, Fn &&
     }
 }
 
-/* History pairs of unit u when it is handed off, else 0. */
-__device__ __forceinline__ int64_t kbm_unit_pairs(const KbmArgs &a, int64_t u) {
-    const int64_t f = u % a.nf;
-    return a.flags[u] ? a.fpairs[f + 1] - a.fpairs[f] : 0;
-}
-
-/* One CTA, before the passes: cbase (exclusive prefix sums of kbm_unit_pairs) and pstart, pass q being
- * the units with min(cbase / kstep, npasses - 1) == q. A pass then spans fewer than kstep + (pairs of one
- * unit) <= kcap pairs, and the last one fewer than kstep (npasses = ceil(all pairs / kstep)). */
+/* One CTA, before the passes: the handed-off units in order (ulist, nl of them), each entry's first pair
+ * (cbase: exclusive prefix sums of their pairs) and pstart, pass q being the entries with
+ * min(cbase / kstep, npasses - 1) == q. A pass then spans fewer than kstep + (pairs of one unit) <= kcap
+ * pairs, and the last one fewer than kstep (npasses = ceil(all pairs / kstep)). */
 __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_passes_kernel(KbmArgs a, int64_t units, int64_t kstep,
                                                                       int64_t npasses) {
-    __shared__ int64_t sp[KBM_SCAN_THREADS];
+    __shared__ int64_t sp[KBM_SCAN_THREADS], sn[KBM_SCAN_THREADS];
     const int tid = threadIdx.x;
+    auto pairs_of = [&](int64_t u) { return a.fpairs[u % a.nf + 1] - a.fpairs[u % a.nf]; };
     const int64_t per = (units + KBM_SCAN_THREADS - 1) / KBM_SCAN_THREADS;
     const int64_t u0 = min(units, tid * per), u1 = min(units, u0 + per);
-    int64_t n = 0;
-    for (int64_t u = u0; u < u1; u++) n += kbm_unit_pairs(a, u);
+    int64_t n = 0, m = 0; /* this thread's pairs and handed-off units */
+    for (int64_t u = u0; u < u1; u++)
+        if (a.flags[u]) n += pairs_of(u), m++;
     sp[tid] = n;
+    sn[tid] = m;
     __syncthreads();
-    for (int o = 1; o < KBM_SCAN_THREADS; o *= 2) { /* inclusive scan */
-        const int64_t v = tid >= o ? sp[tid - o] : 0;
+    for (int o = 1; o < KBM_SCAN_THREADS; o *= 2) { /* inclusive scans */
+        const int64_t vp = tid >= o ? sp[tid - o] : 0, vn = tid >= o ? sn[tid - o] : 0;
         __syncthreads();
-        sp[tid] += v;
+        sp[tid] += vp;
+        sn[tid] += vn;
         __syncthreads();
     }
-    auto pass_of = [&](int64_t cb) { return min(cb / kstep, npasses - 1); };
-    int64_t cb = sp[tid] - n;
-    if (u0 < u1) {
-        int64_t q = u0 == 0 ? -1 : pass_of(cb - kbm_unit_pairs(a, u0 - 1)); /* pass of unit u0 - 1 */
-        for (int64_t u = u0; u < u1; u++) {
-            a.cbase[u] = cb;
-            for (const int64_t qu = pass_of(cb); q < qu;) a.pstart[++q] = u;
-            cb += kbm_unit_pairs(a, u);
+    const int64_t nl = sn[KBM_SCAN_THREADS - 1];
+    int64_t cb = sp[tid] - n, x = sn[tid] - m;
+    for (int64_t u = u0; u < u1; u++)
+        if (a.flags[u]) {
+            a.ulist[x] = u;
+            a.cbase[x++] = cb;
+            cb += pairs_of(u);
         }
-        if (u1 == units)
-            while (q < npasses) a.pstart[++q] = units;
+    __syncthreads(); /* the block's global writes are visible to the block */
+    /* pstart[q] = the first entry of pass >= q; entries split among the threads anew */
+    auto pass_of = [&](int64_t c) { return min(c / kstep, npasses - 1); };
+    const int64_t xper = (nl + KBM_SCAN_THREADS - 1) / KBM_SCAN_THREADS;
+    const int64_t x0 = min(nl, tid * xper), x1 = min(nl, x0 + xper);
+    if (x0 < x1) {
+        int64_t q = x0 == 0 ? -1 : pass_of(a.cbase[x0 - 1]); /* the pass of the entry before */
+        for (int64_t e = x0; e < x1; e++)
+            for (const int64_t qe = pass_of(a.cbase[e]); q < qe;) a.pstart[++q] = e;
+        if (x1 == nl)
+            while (q < npasses) a.pstart[++q] = nl;
     }
-    if (units == 0 && tid == 0)
+    if (nl == 0 && tid == 0)
         for (int64_t q = 0; q <= npasses; q++) a.pstart[q] = 0;
 }
 
 /* The pairs of a group are counted per CTA in shared memory first: a group's global counter is hot
  * (thousands of pairs per pass, and same-address atomics serialise), so one global atomic per
- * (CTA, group) instead of one per pair. A CTA takes KBM_UNITS_PER_CTA consecutive units of the pass at a
- * time (grid-stride); its histogram covers the centroid slots of their first unit's kv head; pairs of
+ * (CTA, group) instead of one per pair. A CTA takes KBM_UNITS_PER_CTA consecutive ulist entries of the pass
+ * at a time (grid-stride); its histogram covers the centroid slots of their first unit's kv head; pairs of
  * another kv head (at a head boundary), or every pair when tfb > KBM_HIST_MAX, go to the global counters
  * directly. */
 struct KbmHist {
     int *hist;
     int64_t g0, ub, ue;
     bool on;
-    /* the units of chunk `chunk` of the pass (ub >= ue: past its end); the caller syncs before reuse */
+    /* the ulist entries [ub, ue) of chunk `chunk` of the pass (ub >= ue: past its end); the caller syncs
+     * before reuse */
     __device__ __forceinline__ KbmHist(const KbmArgs &a, int64_t chunk, int *smem) {
         const int64_t pe = a.pstart[a.pass + 1];
         ub = a.pstart[a.pass] + chunk * KBM_UNITS_PER_CTA;
         ue = min(ub + KBM_UNITS_PER_CTA, pe);
-        g0 = (int64_t)((int)(ub / a.nf) / a.group) * a.tfb;
+        g0 = ub < ue ? (int64_t)((int)(a.ulist[ub] / a.nf) / a.group) * a.tfb : 0;
         on = a.tfb <= KBM_HIST_MAX && ub < ue;
         hist = smem;
         if (on) {
@@ -160,8 +169,8 @@ __global__ void __launch_bounds__(256) kbm_count_kernel(KbmArgs a) {
     for (int64_t chunk = blockIdx.x;; chunk += gridDim.x) {
         KbmHist H(a, chunk, smem_hist);
         if (H.ub >= H.ue) return;
-        for (int64_t u = H.ub; u < H.ue; u++)
-            for_each_pair(a, u, [&](int64_t, int64_t, int, int64_t g) {
+        for (int64_t x = H.ub; x < H.ue; x++)
+            for_each_pair(a, x, [&](int64_t, int64_t, int, int64_t g) {
                 int *c = H.slot(a, g);
                 atomicAdd(c ? c : &a.cnt[g], 1);
             });
@@ -181,8 +190,8 @@ __global__ void __launch_bounds__(256) kbm_scatter_kernel(KbmArgs a) {
         KbmHist H(a, chunk, smem_hist);
         if (H.ub >= H.ue) return;
         if (H.on) {
-            for (int64_t u = H.ub; u < H.ue; u++)
-                for_each_pair(a, u, [&](int64_t, int64_t, int, int64_t g) {
+            for (int64_t x = H.ub; x < H.ue; x++)
+                for_each_pair(a, x, [&](int64_t, int64_t, int, int64_t g) {
                     if (int *c = H.slot(a, g)) atomicAdd(c, 1);
                 });
             __syncthreads();
@@ -190,8 +199,8 @@ __global__ void __launch_bounds__(256) kbm_scatter_kernel(KbmArgs a) {
                 if (H.hist[i]) H.hist[i] = a.off[H.g0 + i] + atomicAdd(&a.cnt[H.g0 + i], H.hist[i]);
             __syncthreads();
         }
-        for (int64_t u = H.ub; u < H.ue; u++)
-            for_each_pair(a, u, [&](int64_t p, int64_t t, int h, int64_t g) {
+        for (int64_t x = H.ub; x < H.ue; x++)
+            for_each_pair(a, x, [&](int64_t p, int64_t t, int h, int64_t g) {
                 int *c = H.slot(a, g);
                 const int at = c ? atomicAdd(c, 1) : a.off[g] + atomicAdd(&a.cnt[g], 1);
                 a.plist[at] = make_int2((int)(t * a.Hq + h), (int)p);
@@ -202,11 +211,11 @@ __global__ void __launch_bounds__(256) kbm_scatter_kernel(KbmArgs a) {
 
 /* One CTA: exclusive prefix sums of the group counts (pair offsets) and of their tile counts, the
  * tile list, and the counts reset to 0 for the scatter's cursors. With a.own, the list goes on with
- * one own-block item per handed-off unit of the pass: {-1 - q head, block's first key, first row, rows}. */
+ * one own-block item per entry of the pass: {-1 - q head, block's first key, first row, rows}. */
 __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a) {
     __shared__ int64_t sp[KBM_SCAN_THREADS], st[KBM_SCAN_THREADS];
     const int tid = threadIdx.x;
-    const int64_t ub = a.pstart[a.pass], units = a.pstart[a.pass + 1] - ub;
+    const int64_t ub = a.pstart[a.pass], units = a.pstart[a.pass + 1] - ub; /* its ulist entries */
     if (units == 0) { /* an empty pass: nothing was counted */
         if (tid == 0) *a.ntiles = 0;
         return;
@@ -244,32 +253,16 @@ __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a) {
         p += n;
     }
     const int64_t hist_tiles = st[KBM_SCAN_THREADS - 1];
-    if (!a.own) {
-        if (tid == 0) *a.ntiles = (int)hist_tiles;
-        return;
-    }
-    const int64_t uper = (units + KBM_SCAN_THREADS - 1) / KBM_SCAN_THREADS;
-    const int64_t u0 = ub + min(units, tid * uper), u1 = ub + min(units, tid * uper + uper);
-    int64_t no = 0;
-    for (int64_t u = u0; u < u1; u++) no += a.flags[u] != 0;
-    __syncthreads(); /* every thread has read st */
-    st[tid] = no;
-    __syncthreads();
-    for (int o = 1; o < KBM_SCAN_THREADS; o *= 2) {
-        const int64_t v = tid >= o ? st[tid - o] : 0;
-        __syncthreads();
-        st[tid] += v;
-        __syncthreads();
-    }
-    t = hist_tiles + st[tid] - no;
-    for (int64_t u = u0; u < u1; u++) {
-        if (!a.flags[u]) continue;
-        const int h = (int)(u / a.nf);
-        const moba_tile tile = a.ftiles[u % a.nf];
-        const int64_t key0 = a.cu_seqlens[tile.seq] + (int64_t)tile.block * a.B;
-        a.tiles[t++] = make_int4(-1 - h, (int)key0, (int)tile.row_begin, (int)(tile.row_end - tile.row_begin));
-    }
-    if (tid == KBM_SCAN_THREADS - 1) *a.ntiles = (int)(hist_tiles + st[tid]);
+    if (a.own) /* each entry of the pass, in order after the history tiles */
+        for (int64_t x = tid; x < units; x += KBM_SCAN_THREADS) {
+            const int64_t u = a.ulist[ub + x];
+            const int h = (int)(u / a.nf);
+            const moba_tile tile = a.ftiles[u % a.nf];
+            const int64_t key0 = a.cu_seqlens[tile.seq] + (int64_t)tile.block * a.B;
+            a.tiles[hist_tiles + x] =
+                make_int4(-1 - h, (int)key0, (int)tile.row_begin, (int)(tile.row_end - tile.row_begin));
+        }
+    if (tid == 0) *a.ntiles = (int)(hist_tiles + (a.own ? units : 0));
 }
 
 /* The rows row0 and row0 + 8 (of a tile's n pairs, pair list pl) to their partial slots: o / l in the
@@ -712,16 +705,17 @@ kbm_attend_ws_tma_kernel(KbmArgs a, const __grid_constant__ CUtensorMap tmk, con
  * loads 16 bytes, D / 8 lanes cover one partial, so a warp reads 32 / (D / 8) partials per load and
  * keeps several loads in flight; the lane groups' sums are added by shuffles at the end. */
 template <typename T, int D>
-__device__ __forceinline__ void kbm_merge_row(const KbmArgs &a, int64_t u, int i) {
+__device__ __forceinline__ void kbm_merge_row(const KbmArgs &a, int64_t x, int i) {
     constexpr int V = 16 / sizeof(T), LP = D / V, PW = 32 / LP; /* elements per load; lanes per row; rows per load */
     static_assert(PW >= 1 && 32 % LP == 0, "head dim");
+    const int64_t u = a.ulist[x];
     const int h = (int)(u / a.nf);
     const moba_tile tile = a.ftiles[u % a.nf];
     const int lane = threadIdx.x % 32, grp = lane / LP, col = lane % LP * V;
     const int nh = min(tile.block, a.k1);
     if (i >= (int)(tile.row_end - tile.row_begin) || nh == 0) return;
     const int64_t t = tile.row_begin + i;
-    const int64_t p0 = a.cbase[u] - a.s0 + (int64_t)i * nh;
+    const int64_t p0 = a.cbase[x] - a.s0 + (int64_t)i * nh;
     float *lse_at = a.lse + (int64_t)h * a.total + t;
     const float own = *lse_at;
     float M = own;
@@ -758,14 +752,16 @@ __device__ __forceinline__ void kbm_merge_row(const KbmArgs &a, int64_t u, int i
     if (lane == 0) *lse_at = M + logf(W);
 }
 
-/* The pass's units, grid-stride (the host launches for the largest pass there could be): 4 rows of
- * each unit per CTA, gridDim.y = 128 / 4. */
+/* The pass's entries in items of 4 rows (a CTA's 4 warps), grid-stride: the host does not know how many
+ * entries a pass has, and a grid sized for the largest possible pass would cost more to launch than an
+ * empty pass's merge (~0.7 ns a CTA, measured). */
+#define KBM_MERGE_CTAS 2048
 template <typename T, int D>
 __global__ void __launch_bounds__(128) kbm_merge_kernel(KbmArgs a) {
-    const int64_t ue = a.pstart[a.pass + 1];
-    const int i = blockIdx.y * 4 + threadIdx.x / 32;
-    for (int64_t u = a.pstart[a.pass] + blockIdx.x; u < ue; u += gridDim.x)
-        if (a.flags[u]) kbm_merge_row<T, D>(a, u, i);
+    constexpr int ITEMS = MOBA_FWD_TILE_ROWS / 4; /* per entry */
+    const int64_t xb = a.pstart[a.pass], items = (a.pstart[a.pass + 1] - xb) * ITEMS;
+    for (int64_t it = blockIdx.x; it < items; it += gridDim.x)
+        kbm_merge_row<T, D>(a, xb + it / ITEMS, (int)(it % ITEMS) * 4 + threadIdx.x / 32);
 }
 
 /* ---- host ---- */
@@ -855,6 +851,8 @@ size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off) 
 
     plan->kflags = off;
     off = align256(off + sizeof(int32_t) * (size_t)(p->num_q_heads * plan->num_ftiles));
+    plan->kulist = off;
+    off = align256(off + sizeof(int64_t) * (size_t)(p->num_q_heads * plan->num_ftiles));
     plan->kcbase = off;
     off = align256(off + sizeof(int64_t) * (size_t)(p->num_q_heads * plan->num_ftiles));
     plan->kpstart = off;
@@ -962,7 +960,7 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
         kbm_attend_kernel<T, D><<<(unsigned)bound, SM90_THREADS, smem, stream>>>(a);
     }
     MOBA_CUDA_LAUNCHED();
-    kbm_merge_kernel<T, D><<<dim3((unsigned)(units < 1024 ? units : 1024), MOBA_FWD_TILE_ROWS / 4), 128, 0, stream>>>(a);
+    kbm_merge_kernel<T, D><<<KBM_MERGE_CTAS, 128, 0, stream>>>(a);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
 }
@@ -1007,6 +1005,7 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     a.cu_seqlens = f.dl.cu_seqlens;
     a.full_base = f.dl.full_base;
     a.fpairs = (const int64_t *)(w + plan->fpairs);
+    a.ulist = (int64_t *)(w + plan->kulist);
     a.cbase = (int64_t *)(w + plan->kcbase);
     a.pstart = (int64_t *)(w + plan->kpstart);
     a.flags = (const int32_t *)(w + plan->kflags);
