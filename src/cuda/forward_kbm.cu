@@ -752,16 +752,18 @@ __device__ __forceinline__ void kbm_merge_row(const KbmArgs &a, int64_t x, int i
     if (lane == 0) *lse_at = M + logf(W);
 }
 
-/* The pass's entries in items of 4 rows (a CTA's 4 warps), grid-stride: the host does not know how many
- * entries a pass has, and a grid sized for the largest possible pass would cost more to launch than an
- * empty pass's merge (~0.7 ns a CTA, measured). */
-#define KBM_MERGE_CTAS 2048
+/* The pass's entries, grid-stride (the host does not know how many a pass has): CTA (x, y) takes entries
+ * x, x + gridDim.x, ... and in each the rows y * 4 + warp, + 4 * gridDim.y, ... A grid of one CTA per
+ * possible entry and row group made every empty pass launch that many CTAs (~0.7 ns each); one CTA
+ * per item of the pass's entries, looked up through ulist, added a dependent load to every row. */
+#define KBM_MERGE_ROW_GROUPS 8
 template <typename T, int D>
 __global__ void __launch_bounds__(128) kbm_merge_kernel(KbmArgs a) {
-    constexpr int ITEMS = MOBA_FWD_TILE_ROWS / 4; /* per entry */
-    const int64_t xb = a.pstart[a.pass], items = (a.pstart[a.pass + 1] - xb) * ITEMS;
-    for (int64_t it = blockIdx.x; it < items; it += gridDim.x)
-        kbm_merge_row<T, D>(a, xb + it / ITEMS, (int)(it % ITEMS) * 4 + threadIdx.x / 32);
+    const int64_t xe = a.pstart[a.pass + 1];
+    for (int64_t x = a.pstart[a.pass] + blockIdx.x; x < xe; x += gridDim.x)
+#pragma unroll 1
+        for (int i = blockIdx.y * 4 + threadIdx.x / 32; i < MOBA_FWD_TILE_ROWS; i += KBM_MERGE_ROW_GROUPS * 4)
+            kbm_merge_row<T, D>(a, x, i);
 }
 
 /* ---- host ---- */
@@ -960,7 +962,10 @@ static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmA
         kbm_attend_kernel<T, D><<<(unsigned)bound, SM90_THREADS, smem, stream>>>(a);
     }
     MOBA_CUDA_LAUNCHED();
-    kbm_merge_kernel<T, D><<<KBM_MERGE_CTAS, 128, 0, stream>>>(a);
+    /* as many entries at once as a pass has on average when every unit is handed off */
+    const int64_t per_pass = (units + plan->knpasses - 1) / plan->knpasses + 1;
+    kbm_merge_kernel<T, D><<<dim3((unsigned)(per_pass < units ? per_pass : units), KBM_MERGE_ROW_GROUPS), 128, 0,
+                             stream>>>(a);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
 }
