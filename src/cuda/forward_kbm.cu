@@ -781,14 +781,15 @@ int moba_cuda_kbm_enabled(const moba_call *c) {
  * ratio is what a pair costs key-block-major against a (row, block) of the query-tile-major kernel,
  * measured on an H200 (docs/cuda.md): about 2 at B = 128 (short tiles, partials), 1.2 at B = 512,
  * below 1 at B = 4096 (full unmasked tiles beat the masked union walk even without waste): so
- * B >= 2048 always, 256..1024 above 1.25, smaller above 2. MOBA_CUDA_KBM=1: every tile (tests);
- * MOBA_CUDA_KBM_RATIO: another ratio. */
+ * B >= 2048 always, 256..1024 above 1.25, smaller above 4 (2 until the H100 runs of 2026-12-07: at
+ * 64K B = 128, local inputs 4.68 -> 3.76 ms, random 6.34 -> 5.95; v19 in docs/cuda.md).
+ * MOBA_CUDA_KBM=1: every tile (tests); MOBA_CUDA_KBM_RATIO: another ratio. */
 static int kbm_min_union(const moba_call *c) {
     const char *e = getenv("MOBA_CUDA_KBM");
     if (e && *e == '1') return -1;
     const int B = c->p->block_size;
     const char *r = getenv("MOBA_CUDA_KBM_RATIO");
-    double ratio = r && *r ? atof(r) : (B >= 2048 ? -1.0 : B >= 256 ? 1.25 : 2.0);
+    double ratio = r && *r ? atof(r) : (B >= 2048 ? -1.0 : B >= 256 ? 1.25 : 4.0);
     if (ratio < 0) return -1;
     double u = ratio * (c->slots - 1);
     return u >= INT_MAX ? INT_MAX : (int)u;

@@ -9,8 +9,9 @@
 #   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default only for B >= 1024; K/V by
 #   TMA in 128-key stages where B is a multiple of 128), that with its variants: MOBA_CUDA_KBM_TMA=0 (cp.async),
 #   =1 (TMA, 64-key stages), MOBA_CUDA_KBM_STAGES=5 (two Q buffers, five stages), MOBA_CUDA_KBM_QREG=0 (Q from shared
-#   memory), MOBA_CUDA_KBM_PP=1 (ping-pong consumers); sanitize the default and the smallest-pass runs of
-#   the key-block-major kernels: plain, warp-specialised, five stages, Q from shared memory)
+#   memory), MOBA_CUDA_KBM_PP=1 (ping-pong consumers); sanitize: memcheck on the default and the smallest-pass
+#   runs of the key-block-major kernels: plain, warp-specialised, five stages, Q from shared memory; racecheck
+#   on the default and those kernels in passes of the default size)
 #   backward  test_cuda_backward (+ golden gradients; default, the warp-specialised kernel's variants
 #             MOBA_CUDA_BWD_WS_DQ=atomic and =bulk, MOBA_CUDA_BWD_WS=0 = the Hopper dk/dv
 #             kernel before it, MOBA_CUDA_BWD_KW=1 = that with one warpgroup per CTA, MOBA_CUDA_NO_WGMMA=1 =
@@ -49,6 +50,16 @@ DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_TMA=0 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_STAGES=5 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0 MOBA_CUDA_KBM_PAIRS=1"
+# racecheck: the same kernels in passes of the default size. In 1-unit passes (PAIRS=1) every pass launches
+# the warp-specialised kernel on every SM (the host does not know a pass's size since v19), each CTA with
+# ~200 KiB of shared memory for racecheck to shadow, and the process was killed (SIGKILL, 2026-12-07); racecheck
+# looks at shared memory within a CTA, which the pass size does not change (RACE_MODES replaces these)
+DEFAULT_RACE_MODES="MOBA_CUDA_DEFAULT=1"
+DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM=1"
+DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1"
+DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_TMA=0"
+DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_STAGES=5"
+DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0"
 # the dispatch modes of backward (BWD_MODES replaces them) and of its sanitizer runs (BWD_SAN_MODES): the
 # default, the warp-specialised kernel's other dq forms (atomics, the consumers' bulk reductions), the
 # kernels before it
@@ -97,7 +108,8 @@ for phase in $phases; do
     cat /tmp/t.log >> "$OUT/tests.log"; tail -3 /tmp/t.log ;;
   sanitize)
     for tool in memcheck racecheck; do
-      IFS=';' read -ra envs <<< "${SAN_MODES:-$DEFAULT_SAN_MODES}"
+      if [ $tool = memcheck ]; then modes=${SAN_MODES:-$DEFAULT_SAN_MODES}; else modes=${RACE_MODES:-$DEFAULT_RACE_MODES}; fi
+      IFS=';' read -ra envs <<< "$modes"
       for env in "${envs[@]}"; do
         env $env MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
           ./build/tests/gpu/test_cuda_forward > /tmp/t.log 2>&1
