@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A/B of the CUDA backend's switches on the same inputs, in one process: the switches are read per call,
-so each set of environment variables is applied in turn, in interleaved rounds (clock and power drift hit
-every set alike). Per case and set: the median CUDA-event time of one forward call (--op backward: one
+so each set of environment variables is applied in turn, in interleaved rounds whose order rotates (clock
+and power drift hit every set alike). Per case and set: the median CUDA-event time of one forward call (--op backward: one
 backward call, on the forward's o and lse), the GPU time of each kernel of one call (torch.profiler), and
 the output's (dq, dk, dv's) relative difference from the first set's.
 
@@ -51,7 +51,8 @@ def main():
     sets = [s.strip() for s in args.sets.split(";")]
     libs = {path: bf.load_lib(path) for path in {lib_path(s, args.lib) for s in sets}}  # ctypes: RTLD_LOCAL
     set_lib = {s: libs[lib_path(s, args.lib)] for s in sets}
-    print(f"# {torch.cuda.get_device_name()}, {args.kind} inputs, {args.rounds} rounds x {args.reps} reps")
+    print(f"# {torch.cuda.get_device_name()}, {args.kind} inputs, {args.rounds} rounds x {args.reps} reps, "
+          "the sets' order rotated each round")
     for case, kind in ((int(c), k) for c in args.cases.split(",") for k in args.kind.split(",")):
         n, h, block, topk, _ = bf.TARGETS[case]
         fc = bf.ForwardCase(lib, n, h, block, topk, kind)
@@ -74,21 +75,28 @@ def main():
                 fc.lib = set_lib[s]
                 calls[s], _, outputs, do = backward_call(set_lib[s], fc, do, outputs)
 
+        def use(s):
+            apply(s)
+            fc.lib = set_lib[s]
+            if args.op == "backward":
+                fc.forward()  # o and lse of this set's forward
+
+        # The sets' order rotates from round to round, so that no set always runs in the same place: with a
+        # fixed order the second of two sets measured 2-4% slower at 128K and 1M with the same kernel code
+        # (2026-12-07; plausibly the power cap, which a long call reaches).
         times = {s: [] for s in sets + ["SDPA"]}
-        kernels, outs = {}, {}
         for r in range(args.rounds):
             times["SDPA"].append(bf.time_ms(dense, args.reps))
-            for s in sets:
-                apply(s)
-                fc.lib = set_lib[s]
-                if args.op == "backward":
-                    fc.forward()  # o and lse of this set's forward
+            for s in sets[r % len(sets):] + sets[:r % len(sets)]:
+                use(s)
                 times[s].append(bf.time_ms(calls[s], args.reps))
-                if r == 0:
-                    for x in outputs:
-                        x.fill_(float("nan"))
-                    kernels[s] = {k: t / 1000 for k, (_, t) in kernel_times(calls[s]).items()}
-                    outs[s] = [x.float().clone() for x in outputs]
+        kernels, outs = {}, {}  # after the timing, so the profiler's pauses do not shift it
+        for s in sets:
+            use(s)
+            for x in outputs:
+                x.fill_(float("nan"))
+            kernels[s] = {k: t / 1000 for k, (_, t) in kernel_times(calls[s]).items()}
+            outs[s] = [x.float().clone() for x in outputs]
         apply("")
         ref = outs[sets[0]]
         print(f"## {args.op} {n // 1024}K H{h} B{block} top_k {topk} {kind}: SDPA {statistics.median(times['SDPA']):.3f} ms")
