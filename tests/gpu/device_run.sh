@@ -4,14 +4,16 @@
 #   test      tests/gpu: test_cuda_forward (every dim x dtype x varlen x GQA x block size) and
 #             test_cuda_golden on .golden/ (a copy of ../shared/golden's bf16 case; carry it)
 #   sanitize  compute-sanitizer memcheck and racecheck on the quick subset (MOBA_GPU_TEST_QUICK=1)
-#   (test runs the default dispatch, MOBA_CUDA_NO_WGMMA=1 = portable kernel only, MOBA_CUDA_KBM=1 = every
-#   routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes, and both with
-#   MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default only for B >= 1024; K/V by
-#   TMA in 128-key stages where B is a multiple of 128), that with its variants: MOBA_CUDA_KBM_TMA=0 (cp.async),
-#   =1 (TMA, 64-key stages), MOBA_CUDA_KBM_STAGES=5 (two Q buffers, five stages), MOBA_CUDA_KBM_QREG=0 (Q from shared
-#   memory), MOBA_CUDA_KBM_PP=1 (ping-pong consumers); sanitize: memcheck on the default and the smallest-pass
-#   runs of the key-block-major kernels: plain, warp-specialised, five stages, Q from shared memory; racecheck
-#   on the default and those kernels in passes of the default size)
+#   (test runs the default dispatch; that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes (some tiles handed
+#   off, some not: passes the device cuts from a mixed list, empty ones among them); MOBA_CUDA_NO_WGMMA=1 =
+#   portable kernel only; MOBA_CUDA_KBM=1 = every routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1,
+#   and both with MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default for B >= 128;
+#   K/V by TMA in 128-key stages where B >= 1024 is a multiple of 128), that with its variants:
+#   MOBA_CUDA_KBM_TMA=0 (cp.async), =1 (TMA, 64-key stages), MOBA_CUDA_KBM_STAGES=5 (two Q buffers, five
+#   stages), MOBA_CUDA_KBM_QREG=0 (Q from shared memory), MOBA_CUDA_KBM_PP=1 (ping-pong consumers); sanitize:
+#   memcheck on the default, the default in the smallest passes and the smallest-pass runs of the
+#   key-block-major kernels: plain, warp-specialised, five stages, Q from shared memory; racecheck on the
+#   default and those kernels in passes of the default size)
 #   backward  test_cuda_backward (+ golden gradients; default, the warp-specialised kernel's variants
 #             MOBA_CUDA_BWD_WS_DQ=atomic and =bulk, MOBA_CUDA_BWD_WS=0 = the Hopper dk/dv
 #             kernel before it, MOBA_CUDA_BWD_KW=1 = that with one warpgroup per CTA, MOBA_CUDA_NO_WGMMA=1 =
@@ -32,6 +34,7 @@ set -u
 # the dispatch modes of test and sanitize (';'-separated switch sets; TEST_MODES / SAN_MODES replace them)
 DEFAULT_TEST_MODES="MOBA_CUDA_DEFAULT=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_NO_WGMMA=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1"
@@ -45,6 +48,7 @@ DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PP=1"
 DEFAULT_SAN_MODES="MOBA_CUDA_DEFAULT=1"
+DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_TMA=0 MOBA_CUDA_KBM_PAIRS=1"
