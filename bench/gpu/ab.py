@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """A/B of the CUDA backend's switches on the same inputs, in one process: the switches are read per call,
 so each set of environment variables is applied in turn, in interleaved rounds whose order rotates (clock
-and power drift hit every set alike). Per case and set: the median CUDA-event time of one forward call (--op backward: one
-backward call, on the forward's o and lse), the GPU time of each kernel of one call (torch.profiler), and
-the output's (dq, dk, dv's) relative difference from the first set's.
+and power drift hit every set alike). Per case and set: the median CUDA-event time of one forward call
+(--op backward: one backward call, on the forward's o and lse), the GPU time of each kernel of one call
+after the timing (torch.profiler), and the output's (dq, dk, dv's) relative difference from the first set's.
 
     python3 bench/gpu/ab.py --lib build/libmoba.so --cases 2,3 \
         --sets "MOBA_CUDA_KBM_QREG=0;MOBA_CUDA_KBM_QREG=1" [--kind random,local] [--rounds 3] [--reps 5] [--op backward]

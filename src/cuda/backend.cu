@@ -194,9 +194,9 @@ moba_status moba_cuda_route(const moba_call *c, const void *q, const void *k, in
     return moba_cuda_route_into(c, &plan, ws, &dl, q, k, block_idx, c->p->top_k);
 }
 
-/* Backward: the forward's selection (p.block_idx) or routing recomputed as in the forward, then D, the inverted index and the gradients
- * (backward.cu). Default: dq summed with fp32 atomics (not bitwise reproducible); deterministic = 1:
- * a separate dq pass, bitwise reproducible. */
+/* Backward: the forward's selection (p.block_idx) or routing recomputed as in the forward, then D, the
+ * inverted index and the gradients (backward.cu). Default: dq summed with fp32 atomics (not bitwise
+ * reproducible); deterministic = 1: a separate dq pass, bitwise reproducible. */
 moba_status moba_cuda_backward(const moba_call *c, const void *dout, const void *q, const void *k, const void *v,
                                const void *o, const float *lse, void *dq, void *dk, void *dv, void *ws) {
     moba_status st = moba_cuda_check_call(c, "moba_backward");
