@@ -34,6 +34,7 @@
 #include <cudaTypedefs.h>
 
 #include "forward.h"
+#include "kbm_passes.h"
 #include "sm90.h"
 
 #define KBM_ROWS 128                            /* pairs per CTA: two warpgroups of 64 */
@@ -89,8 +90,7 @@ __device__ __forceinline__ void for_each_pair(const KbmArgs &a, int64_t x0, Fn &
 
 /* One CTA, before the passes: the handed-off units in order (ulist, nl of them), each entry's first pair
  * (cbase: exclusive prefix sums of their pairs) and pstart, pass q being the entries with
- * min(cbase / kstep, npasses - 1) == q. A pass then spans fewer than kstep + (pairs of one unit) <= kcap
- * pairs, and the last one fewer than kstep (npasses = ceil(all pairs / kstep)). */
+ * kbm_pass_of(cbase) == q (kbm_passes.h: why a pass fits kcap). */
 __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_passes_kernel(KbmArgs a, int64_t units, int64_t kstep,
                                                                       int64_t npasses) {
     __shared__ int64_t sp[KBM_SCAN_THREADS], sn[KBM_SCAN_THREADS];
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_passes_kernel(KbmArgs a,
         }
     __syncthreads(); /* the block's global writes are visible to the block */
     /* pstart[q] = the first entry of pass >= q; entries split among the threads anew */
-    auto pass_of = [&](int64_t c) { return min(c / kstep, npasses - 1); };
+    auto pass_of = [&](int64_t c) { return kbm_pass_of(c, kstep, npasses); };
     const int64_t xper = (nl + KBM_SCAN_THREADS - 1) / KBM_SCAN_THREADS;
     const int64_t x0 = min(nl, tid * xper), x1 = min(nl, x0 + xper);
     if (x0 < x1) {
@@ -840,14 +840,12 @@ size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off) 
     int64_t cap = (dense / 10 > KBM_MIN_BUDGET ? dense / 10 : KBM_MIN_BUDGET) / per_pair;
     const char *e = getenv("MOBA_CUDA_KBM_PAIRS"); /* tests: force many passes */
     if (e && atoll(e) > 0) cap = atoll(e);
-    /* A pass: the units whose first pair falls in its kstep pairs, so up to kstep - 1 + one unit's pairs */
-    const int64_t unit_max = (int64_t)MOBA_FWD_TILE_ROWS * k1;
-    if (cap < 2 * unit_max) cap = 2 * unit_max;
-    if (cap > INT_MAX / 2) cap = INT_MAX / 2; /* moba_cuda_kbm_enabled: still >= 2 * unit_max */
-    if (cap >= all) cap = all > 0 ? all : 1;
+    /* moba_cuda_kbm_enabled: 2 * unit_max <= INT_MAX / 2 */
+    const kbm_passes passes = kbm_passes_plan(cap, all, (int64_t)MOBA_FWD_TILE_ROWS * k1);
+    cap = passes.cap;
     plan->kcap = cap;
-    plan->kstep = all <= cap ? cap : cap - unit_max;
-    plan->knpasses = all <= cap ? 1 : (all + plan->kstep - 1) / plan->kstep;
+    plan->kstep = passes.step;
+    plan->knpasses = passes.npasses;
     plan->kng = (int64_t)p->num_kv_heads * L->total_full_blocks;
     /* history tiles, plus one own-block tile per unit (warp-specialised kernel) */
     plan->ktile_cap = cap / KBM_ROWS + (plan->kng < cap ? plan->kng : cap) + 1 + p->num_q_heads * plan->num_ftiles;
