@@ -88,6 +88,22 @@ __device__ __forceinline__ void for_each_pair(const KbmArgs &a, int64_t x0, Fn &
     }
 }
 
+/* Two inclusive prefix sums over the CTA's KBM_SCAN_THREADS threads at once, in shared arrays sa and sb
+ * (thread tid's values in, its sums out): the two one-CTA kernels below each need a pair of them. */
+__device__ __forceinline__ void kbm_block_scan2(int64_t *sa, int64_t *sb, int64_t a, int64_t b) {
+    const int tid = threadIdx.x;
+    sa[tid] = a;
+    sb[tid] = b;
+    __syncthreads();
+    for (int o = 1; o < KBM_SCAN_THREADS; o *= 2) {
+        const int64_t va = tid >= o ? sa[tid - o] : 0, vb = tid >= o ? sb[tid - o] : 0;
+        __syncthreads();
+        sa[tid] += va;
+        sb[tid] += vb;
+        __syncthreads();
+    }
+}
+
 /* One CTA, before the passes: the handed-off units in order (ulist, nl of them), each entry's first pair
  * (cbase: exclusive prefix sums of their pairs) and pstart, pass q being the entries with
  * kbm_pass_of(cbase) == q (kbm_passes.h: why a pass fits kcap). */
@@ -101,16 +117,7 @@ __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_passes_kernel(KbmArgs a,
     int64_t n = 0, m = 0; /* this thread's pairs and handed-off units */
     for (int64_t u = u0; u < u1; u++)
         if (a.flags[u]) n += pairs_of(u), m++;
-    sp[tid] = n;
-    sn[tid] = m;
-    __syncthreads();
-    for (int o = 1; o < KBM_SCAN_THREADS; o *= 2) { /* inclusive scans */
-        const int64_t vp = tid >= o ? sp[tid - o] : 0, vn = tid >= o ? sn[tid - o] : 0;
-        __syncthreads();
-        sp[tid] += vp;
-        sn[tid] += vn;
-        __syncthreads();
-    }
+    kbm_block_scan2(sp, sn, n, m);
     const int64_t nl = sn[KBM_SCAN_THREADS - 1];
     int64_t cb = sp[tid] - n, x = sn[tid] - m;
     for (int64_t u = u0; u < u1; u++)
@@ -228,16 +235,7 @@ __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a) {
         np += n;
         nt += (n + KBM_ROWS - 1) / KBM_ROWS;
     }
-    sp[tid] = np;
-    st[tid] = nt;
-    __syncthreads();
-    for (int o = 1; o < KBM_SCAN_THREADS; o *= 2) { /* inclusive scan */
-        const int64_t vp = tid >= o ? sp[tid - o] : 0, vt = tid >= o ? st[tid - o] : 0;
-        __syncthreads();
-        sp[tid] += vp;
-        st[tid] += vt;
-        __syncthreads();
-    }
+    kbm_block_scan2(sp, st, np, nt);
     int64_t p = sp[tid] - np, t = st[tid] - nt;
     for (int64_t g = g0; g < g1; g++) {
         const int n = a.cnt[g];
