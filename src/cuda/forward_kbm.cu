@@ -54,7 +54,7 @@ struct KbmArgs {
     int64_t *ulist, *cbase;     /* [units]: the handed-off units in order, and each one's first pair */
     int64_t *pstart;            /* [npasses + 1]: each pass's first entry of ulist */
     const int32_t *flags;       /* [Hq][nf]: tile handed off */
-    int32_t *cnt, *off;         /* [ng]: pairs per group (then a cursor), first pair of each group */
+    int32_t *cnt, *off;         /* [ng]: pairs per group (0 between passes), first pair (then a cursor) */
     int32_t *ntiles;            /* [1] tiles of this pass */
     int4 *tiles;                /* {kv head, first key row, first pair, pairs} */
     int2 *plist;                /* {t * Hq + h, partial slot} grouped */
@@ -203,13 +203,13 @@ __global__ void __launch_bounds__(256) kbm_scatter_kernel(KbmArgs a) {
                 });
             __syncthreads();
             for (int i = threadIdx.x; i < a.tfb; i += blockDim.x)
-                if (H.hist[i]) H.hist[i] = a.off[H.g0 + i] + atomicAdd(&a.cnt[H.g0 + i], H.hist[i]);
+                if (H.hist[i]) H.hist[i] = atomicAdd(&a.off[H.g0 + i], H.hist[i]);
             __syncthreads();
         }
         for (int64_t x = H.ub; x < H.ue; x++)
             for_each_pair(a, x, [&](int64_t p, int64_t t, int h, int64_t g) {
                 int *c = H.slot(a, g);
-                const int at = c ? atomicAdd(c, 1) : a.off[g] + atomicAdd(&a.cnt[g], 1);
+                const int at = atomicAdd(c ? c : &a.off[g], 1);
                 a.plist[at] = make_int2((int)(t * a.Hq + h), (int)p);
             });
         __syncthreads(); /* the histogram is read before the next chunk clears it */
@@ -217,7 +217,7 @@ __global__ void __launch_bounds__(256) kbm_scatter_kernel(KbmArgs a) {
 }
 
 /* One CTA: exclusive prefix sums of the group counts (pair offsets) and of their tile counts, the
- * tile list, and the counts reset to 0 for the scatter's cursors. With a.own, the list goes on with
+ * tile list, and the counts reset to 0 for the next pass (the scatter's cursors are the offsets). With a.own, the list goes on with
  * one own-block item per entry of the pass: {-1 - q head, block's first key, first row, rows}. */
 __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a) {
     __shared__ int64_t sp[KBM_SCAN_THREADS], st[KBM_SCAN_THREADS];
@@ -923,7 +923,6 @@ template <typename T, int D>
 static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, const KbmTma &tma,
                             int64_t units) {
     cudaStream_t stream = (cudaStream_t)c->p->cuda_stream;
-    MOBA_CUDA_TRY(cudaMemsetAsync(a.cnt, 0, sizeof(int32_t) * (size_t)a.ng, stream));
     const int64_t chunks = (units + KBM_UNITS_PER_CTA - 1) / KBM_UNITS_PER_CTA;
     const unsigned hist_ctas = (unsigned)(chunks < 1024 ? chunks : 1024);
     const size_t hist_bytes = a.tfb <= KBM_HIST_MAX ? sizeof(int) * (size_t)a.tfb : 0;
@@ -983,6 +982,8 @@ static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmAr
     kbm_passes_kernel<<<1, KBM_SCAN_THREADS, 0, (cudaStream_t)c->p->cuda_stream>>>(a, units, plan->kstep,
                                                                                    plan->knpasses);
     MOBA_CUDA_LAUNCHED();
+    /* zero once: a pass leaves the counts at 0 (the scan resets them, the scatter's cursors are off) */
+    MOBA_CUDA_TRY(cudaMemsetAsync(a.cnt, 0, sizeof(int32_t) * (size_t)a.ng, (cudaStream_t)c->p->cuda_stream));
     for (int64_t q = 0; q < plan->knpasses; q++) {
         a.pass = q;
         a.s0 = q * plan->kstep;
