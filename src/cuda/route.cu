@@ -11,9 +11,9 @@
  * One CTA scores a tile of 64 query rows (all in block j) against 64 centroids at a time (the next
  * 64 loading meanwhile); the 64 x 64 scores go to shared memory only, never to global memory.
  * Candidate lists: for top_k <= 17 two threads per row each keep a sorted list in registers. Per
- * chunk a thread marks which of its 32 scores reach the list's threshold (a bit mask, no branches)
- * and inserts only those; the two lists are merged at the end as 64-bit keys (score order, then
- * lower block). Larger top_k: one thread per row, a list in shared memory (or in the workspace when
+ * chunk a thread marks which of its 32 scores reach the higher of the two lists' thresholds (a bit
+ * mask, no branches) and inserts only those; the two lists are merged at the end as 64-bit keys
+ * (score order, then lower block) and the chosen blocks put in order by a sorting network. Larger top_k: one thread per row, a list in shared memory (or in the workspace when
  * top_k - 1 > 192).
  */
 #include <limits.h>
@@ -78,40 +78,51 @@ __device__ __forceinline__ long long cand_key(int okey, int blk) {
 }
 __device__ __forceinline__ int cand_block(long long key) { return (int)(0xffffffffu - (unsigned)(key & 0xffffffffLL)); }
 
-/* Bubble `key` into a descending list of KMAX registers. The first KMAX - k1 slots hold LLONG_MAX
- * (never displaced), so only k1 entries are live, every index is a compile-time constant (the list
- * stays in registers) and the threshold is always the last slot. */
-template <int KMAX>
-__device__ __forceinline__ void reg_insert(long long (&list)[KMAX], long long key) {
+/* Sorts N (a power of two) registers ascending: a bitonic network, every index a compile-time
+ * constant, so it stays in registers as N log2(N) (log2(N) + 1) / 4 min/max pairs. */
+template <int N>
+__device__ __forceinline__ void sort_net(int (&v)[N]) {
 #pragma unroll
-    for (int i = 0; i < KMAX; i++) {
-        long long cur = list[i];
-        bool take = key > cur;
-        list[i] = take ? key : cur;
-        key = take ? cur : key;
-    }
+    for (int k = 2; k <= N; k <<= 1)
+#pragma unroll
+        for (int m = k >> 1; m > 0; m >>= 1)
+#pragma unroll
+            for (int i = 0; i < N; i++) {
+                const int l = i ^ m;
+                if (l > i) {
+                    const int lo = min(v[i], v[l]), hi = max(v[i], v[l]);
+                    const bool up = (i & k) == 0;
+                    v[i] = up ? lo : hi;
+                    v[l] = up ? hi : lo;
+                }
+            }
 }
 
-/* A thread's own list while it scans: the scores' order keys and their blocks as two int arrays.
+/* A thread's own list while it scans: the scores' order keys and their blocks as two int arrays. The
+ * first KMAX - k1 slots hold INT_MAX (never displaced), so only k1 entries are live, every index is a
+ * compile-time constant (the list stays in registers) and the threshold is always the last slot.
  * A thread sees its blocks in increasing order, so a new candidate ranks below every equal score
- * already listed (the lower block wins) and a strict compare of the order keys alone is the 64-bit
- * key's order: one compare and four selects per step instead of four and four. NaN is INT_MIN + 1
- * here (so it still beats an empty slot, INT_MIN); padding slots hold INT_MAX. */
+ * already listed (the lower block wins): it goes in before the first slot whose key it beats
+ * strictly, and every slot from there on moves down one. Each slot's test is against the new key
+ * (the list is sorted, so the tests flip from false to true once), not against the entry a bubble
+ * would carry: that one must pass its equals too, and all the tests are independent. NaN is
+ * INT_MIN + 1 here (so it still beats an empty slot, INT_MIN); padding slots hold INT_MAX. */
 __device__ __forceinline__ int scan_key(float s) {
     int k = order_key(s);
     return k == INT_MIN ? INT_MIN + 1 : k;
 }
 template <int KMAX>
 __device__ __forceinline__ void reg_insert32(int (&ok)[KMAX], int (&bl)[KMAX], int key, int blk) {
+    bool take[KMAX];
 #pragma unroll
-    for (int i = 0; i < KMAX; i++) {
-        const int co = ok[i], cb = bl[i];
-        const bool take = key > co;
-        ok[i] = take ? key : co;
-        bl[i] = take ? blk : cb;
-        key = take ? co : key;
-        blk = take ? cb : blk;
+    for (int i = 0; i < KMAX; i++) take[i] = key > ok[i];
+#pragma unroll
+    for (int i = KMAX - 1; i > 0; i--) { /* slot i: the entry above it, the new one, or its own */
+        ok[i] = max(ok[i], min(ok[i - 1], key));
+        bl[i] = take[i - 1] ? bl[i - 1] : (take[i] ? blk : bl[i]);
     }
+    ok[0] = max(ok[0], key);
+    bl[0] = take[0] ? blk : bl[0];
 }
 /* The score a scan-list key stands for, as a threshold: -inf for an empty slot or a NaN (nothing may be
  * rejected by a float compare then), else the float whose order key it is (order_key inverted). */
@@ -143,8 +154,9 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
     T *sQ = reinterpret_cast<T *>(smem);
     T *sC = sQ + MOBA_TILE_ROWS * (D + 8);                                   /* [2][64][D + 8] */
     float *sS = reinterpret_cast<float *>(sC + 2 * ROUTE_CHUNK * (D + 8)); /* [64][65] */
+    float *sThr = sS + MOBA_TILE_ROWS * 65; /* [2][2][64]: (chunk parity, half, row) list thresholds */
     int2 *list = a.glists ? a.glists + ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * MOBA_TILE_ROWS * k1
-                          : reinterpret_cast<int2 *>(sS + MOBA_TILE_ROWS * 65);
+                          : reinterpret_cast<int2 *>(sThr + 4 * MOBA_TILE_ROWS);
     /* list[i * 64 + row] = (order key, block): row fastest, so the row threads hit distinct banks */
 
     const T *q = reinterpret_cast<const T *>(a.q);
@@ -212,14 +224,20 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
             /* Which of this thread's 32 scores reach the threshold of the chunk's start (a bit mask, no
              * branches), then only those, in block order, each tested exactly against the current list:
              * the same list as testing every score, but a warp now loops as often as its busiest lane
-             * has candidates, not once for every position at which any lane has one. */
+             * has candidates, not once for every position at which any lane has one.
+             * The threshold is the higher of the two halves' (the other half's from the chunk before, in
+             * the other parity's slot): a score below the k1-th best of either half is beaten by k1
+             * scores of the row and cannot be chosen, so each list sees about the row's candidates, not
+             * its half's. A list may then stay short, but the merged one has the row's best k1. */
             const int row = tid % MOBA_TILE_ROWS, half = tid / MOBA_TILE_ROWS;
             if (row < rows) {
                 const float *mine = sS + row * 65 + half * (ROUTE_CHUNK / 2);
                 const int nmine = valid - half * (ROUTE_CHUNK / 2); /* scores of this half; may be <= 0 */
+                const float thr =
+                    ci > 0 ? fmaxf(thr_f, sThr[((ci - 1) & 1) * 128 + (1 - half) * MOBA_TILE_ROWS + row]) : thr_f;
                 uint32_t cand = 0;
 #pragma unroll
-                for (int i = 0; i < ROUTE_CHUNK / 2; i++) cand |= (uint32_t)(i < nmine && !(mine[i] < thr_f)) << i;
+                for (int i = 0; i < ROUTE_CHUNK / 2; i++) cand |= (uint32_t)(i < nmine && !(mine[i] < thr)) << i;
                 while (cand) {
                     const int i = __ffs(cand) - 1;
                     cand &= cand - 1;
@@ -227,6 +245,7 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
                     if (key > sok[KR - 1]) reg_insert32<KR>(sok, sbl, key, c0 + half * (ROUTE_CHUNK / 2) + i);
                 }
                 thr_f = scan_key_score(sok[KR - 1]);
+                sThr[(ci & 1) * 128 + half * MOBA_TILE_ROWS + row] = thr_f;
             }
         } else if (tid < rows) {
             const float *mine = sS + tid * 65;
@@ -256,23 +275,25 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
             for (int i = 0; i < KR; i++) xfer[i * MOBA_TILE_ROWS + row] = rl[i];
         __syncthreads();
         if (half == 0 && row < rows) {
+            /* Both lists hold their k1 live entries descending in slots p..KR-1; the best k1 of the two
+             * are max(mine[p + t], other's[KR - 1 - t]), t < k1 (the first step of a bitonic merge; the
+             * other's slot is a run-time index, which shared memory takes). Their blocks, padded with
+             * INT_MAX, sorted ascending, are the row's selection in order. */
+            const int p = KR - k1;
+            int blk[KR];
 #pragma unroll
-            for (int i = 0; i < KR; i++)
-                if (i >= KR - k1) {
-                    long long key = xfer[i * MOBA_TILE_ROWS + row];
-                    if (key > rl[KR - 1]) reg_insert<KR>(rl, key);
-                }
-            /* block e goes to slot rank(e) = number of kept blocks below it */
-            int32_t *o = out + (int64_t)row * a.stride;
-#pragma unroll
-            for (int e = 0; e < KR; e++) {
-                if (rl[e] != LLONG_MAX) {
-                    int be = cand_block(rl[e]), rank = 0;
-#pragma unroll
-                    for (int f = 0; f < KR; f++) rank += (rl[f] != LLONG_MAX && cand_block(rl[f]) < be);
-                    o[rank] = be;
+            for (int i = 0; i < KR; i++) {
+                blk[i] = INT_MAX;
+                if (i >= p) {
+                    const long long other = xfer[(KR - 1 - i + p) * MOBA_TILE_ROWS + row];
+                    blk[i] = cand_block(rl[i] > other ? rl[i] : other);
                 }
             }
+            sort_net<KR>(blk);
+            int32_t *o = out + (int64_t)row * a.stride;
+#pragma unroll
+            for (int e = 0; e < KR; e++)
+                if (e < k1) o[e] = blk[e];
             for (int e = k1; e < a.stride; e++) o[e] = e == k1 ? j : -1;
         }
         return;
@@ -332,7 +353,8 @@ static moba_status launch_route(const moba_call *c, const moba_cuda_plan *plan, 
     a.k1 = k1 < c->L.max_blocks ? k1 : c->L.max_blocks; /* more than every block: "all" */
     a.stride = stride;
     a.glists = plan->lists_in_global ? reinterpret_cast<int2 *>((char *)ws + plan->topk_lists) : NULL;
-    size_t smem = (size_t)(MOBA_TILE_ROWS + 2 * ROUTE_CHUNK) * (D + 8) * sizeof(T) + MOBA_TILE_ROWS * 65 * sizeof(float);
+    size_t smem = (size_t)(MOBA_TILE_ROWS + 2 * ROUTE_CHUNK) * (D + 8) * sizeof(T) +
+                  (size_t)MOBA_TILE_ROWS * (65 + 4) * sizeof(float);
     dim3 grid((unsigned)plan->num_tiles, p->num_q_heads);
     if (a.k1 <= 4) return launch_route_k<T, D, 4>(a, grid, smem, stream);
     if (a.k1 <= 16) return launch_route_k<T, D, 16>(a, grid, smem, stream);

@@ -9,6 +9,7 @@
  *   o, lse = moba_forward on the GPU      (every element written)
  *   |o - ref(sel)| / |ref(sel)| < 1e-2 (bf16) or 2e-3 (f16), lse to 1e-4.
  * Exit 77 (ctest SKIP_RETURN_CODE) when there is no CUDA device.
+ * Routing with exact ties (integer scores) must equal the CPU's and float64's route row for row.
  * MOBA_GPU_TEST_QUICK=1 runs a small subset (for compute-sanitizer).
  */
 #include <cuda_runtime_api.h>
@@ -111,6 +112,67 @@ static void run_case(moba_dtype dt, int d, const int *lens, int nseq, int hq, in
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(dsel);
 }
 
+/* Routing with exact ties: q in {-1, 0, 1}, and every block's keys one of npat patterns in {-1, 0, 1}
+ * (so its centroid is the pattern itself), so every score is a small integer, computed exactly in any
+ * order, and a row has at most npat distinct scores. The GPU must then choose exactly the CPU's and the
+ * float64 reference's blocks: the best top_k - 1, the lower block first among equal scores, also when
+ * a better score arrives after a run of equal ones and pushes one of them out. */
+static void check_route_ties(moba_dtype dt, int d, const int *lens, int nseq, int hq, int hkv, int block, int topk,
+                             int npat, uint64_t seed) {
+    int32_t cu[16];
+    cu[0] = 0;
+    for (int s = 0; s < nseq; s++) cu[s + 1] = cu[s] + lens[s];
+    const int64_t total = cu[nseq];
+    moba_params p;
+    moba_params_init(&p);
+    p.backend = MOBA_BACKEND_CUDA;
+    ref_set_problem(&p, dt, nseq, cu, hq, hkv, d, block, topk);
+    const size_t nq = (size_t)total * hq * d, nk = (size_t)total * hkv * d, nsel = (size_t)hq * total * topk;
+    ref_rng rng;
+    ref_rng_seed(&rng, seed);
+    double *q64 = check_malloc(nq * sizeof(double)), *k64 = check_malloc(nk * sizeof(double));
+    double *pat = check_malloc((size_t)npat * hkv * d * sizeof(double));
+    for (size_t i = 0; i < nq; i++) q64[i] = (double)(int)(ref_rng_next(&rng) % 3) - 1.0;
+    for (size_t i = 0; i < (size_t)npat * hkv * d; i++) pat[i] = (double)(int)(ref_rng_next(&rng) % 3) - 1.0;
+    for (int s = 0; s < nseq; s++)
+        for (int64_t t0 = cu[s]; t0 < cu[s + 1]; t0 += block)
+            for (int hk = 0; hk < hkv; hk++) {
+                const double *src = pat + ((size_t)(ref_rng_next(&rng) % (uint64_t)npat) * hkv + hk) * d;
+                for (int64_t t = t0; t < t0 + block && t < cu[s + 1]; t++)
+                    memcpy(k64 + ((size_t)t * hkv + hk) * d, src, (size_t)d * sizeof(double));
+            }
+    const size_t es = ref_dtype_size(dt);
+    void *q = check_malloc(nq * es), *k = check_malloc(nk * es);
+    ref_from_double(dt, q64, nq, q);
+    ref_from_double(dt, k64, nk, k);
+    int32_t *sel = check_malloc(nsel * 4), *sel_cpu = check_malloc(nsel * 4), *sel_ref = check_malloc(nsel * 4);
+    double *margin = check_malloc((size_t)hq * total * sizeof(double));
+    ref_poison_i32(sel, nsel);
+    void *dq = to_device(q, nq * es), *dk = to_device(k, nk * es), *dsel = to_device(sel, nsel * 4);
+    char name[160];
+    snprintf(name, sizeof name, "ties %s d=%d seqs=%d total=%lld hq=%d hkv=%d B=%d topk=%d patterns=%d",
+             dt == MOBA_DTYPE_BF16 ? "bf16" : "f16", d, nseq, (long long)total, hq, hkv, block, topk, npat);
+    moba_status st = moba_route(&p, dq, dk, (int32_t *)dsel, NULL, 0);
+    CHECK(st == MOBA_OK, "%s: moba_route: %s", name, moba_last_error());
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemcpy(sel, dsel, nsel * 4, cudaMemcpyDeviceToHost));
+    moba_params pc = p;
+    pc.backend = MOBA_BACKEND_CPU;
+    st = moba_route(&pc, q, k, sel_cpu, NULL, 0);
+    CHECK(st == MOBA_OK, "%s: CPU moba_route: %s", name, moba_last_error());
+    ref_route(&p, q64, k64, sel_ref, margin);
+    size_t diff_cpu = 0, diff_ref = 0, rows = (size_t)hq * total;
+    for (size_t r = 0; r < rows; r++) {
+        diff_cpu += !same_row(sel + r * topk, sel_cpu + r * topk, topk);
+        diff_ref += !same_row(sel + r * topk, sel_ref + r * topk, topk);
+    }
+    CHECK(diff_cpu == 0 && diff_ref == 0, "%s: %zu of %zu rows differ from the CPU's route, %zu from float64's", name,
+          diff_cpu, rows, diff_ref);
+    printf("%-62s %zu rows, 0 differ\n", name, rows);
+    free(q64), free(k64), free(pat), free(q), free(k), free(sel), free(sel_cpu), free(sel_ref), free(margin);
+    cudaFree(dq), cudaFree(dk), cudaFree(dsel);
+}
+
 static void check_unsupported(void) {
     moba_status st = moba_backend_supports(MOBA_BACKEND_CUDA, MOBA_DTYPE_F32, 128, 64);
     CHECK(st == MOBA_ERR_UNSUPPORTED && strlen(moba_last_error()) > 0, "f32 must be UNSUPPORTED with a message");
@@ -208,6 +270,17 @@ int main(void) {
         run_case(MOBA_DTYPE_F16, 64, longer, 1, 2, 2, 16, 200, seed++); /* lists in global memory */
         /* register lists of 15 over 5 chunks (the 64K target's routing: top_k 16 of up to 512 blocks) */
         run_case(MOBA_DTYPE_BF16, 128, longer, 1, 4, 2, 16, 16, seed++);
+    }
+    /* exact ties: register lists of 2, 4 (k1 = KMAX), 15 and 16 (k1 = KMAX) entries, lists in shared
+     * memory (top_k 40), few patterns (long runs of equal scores) and more (runs pushed out) */
+    static const int tie_len[] = {3000}, tie_var[] = {700, 1, 2000, 130};
+    static const int tie_topk[] = {3, 5, 16, 17, 40};
+    for (int i = 0; i < 5; i++) {
+        check_route_ties(i % 2 ? MOBA_DTYPE_F16 : MOBA_DTYPE_BF16, i % 2 ? 64 : 128, tie_len, 1, 2, 1, 16,
+                         tie_topk[i], 3, seed++);
+        if (!quick)
+            check_route_ties(i % 2 ? MOBA_DTYPE_BF16 : MOBA_DTYPE_F16, 128, tie_var, 4, 4, 2, 16, tie_topk[i], 12,
+                             seed++);
     }
     printf("routing: %lld of %lld rows (%.4f%%) differ from the CPU backend, %lld (%.4f%%) from float64\n",
            rows_diff_cpu, rows_total, 100.0 * rows_diff_cpu / (rows_total ? rows_total : 1), rows_diff_ref,
