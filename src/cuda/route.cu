@@ -12,8 +12,9 @@
  * 64 loading meanwhile); the 64 x 64 scores go to shared memory only, never to global memory.
  * Candidate lists: for top_k <= 17 two threads per row each keep a sorted list in registers. Per
  * chunk a thread marks which of its 32 scores reach the higher of the two lists' thresholds (a bit
- * mask, no branches) and inserts only those; the two lists are merged at the end as 64-bit keys
- * (score order, then lower block) and the chosen blocks put in order by a sorting network. Larger top_k: one thread per row, a list in shared memory (or in the workspace when
+ * mask, no branches) and inserts only those (the first chunk, where nearly every score would enter, is
+ * sorted instead); the two lists are merged at the end as 64-bit keys (score order, then lower block)
+ * and the chosen blocks put in order by a sorting network. Larger top_k: one thread per row, a list in shared memory (or in the workspace when
  * top_k - 1 > 192).
  */
 #include <limits.h>
@@ -63,6 +64,7 @@ struct RouteArgs {
     int64_t total, total_full;
     int Hq, Hkv, group, k1, stride;
     int2 *glists;     /* NULL: lists in shared memory */
+    int sort_first;   /* 16-entry lists: the first chunk by a sorting network (MOBA_CUDA_ROUTE_SORT=0: off) */
 };
 
 /* Writes row `t`'s selection when every history block fits: 0..min(j,k1)-1, j, then -1. */
@@ -94,6 +96,25 @@ __device__ __forceinline__ void sort_net(int (&v)[N]) {
                     const bool up = (i & k) == 0;
                     v[i] = up ? lo : hi;
                     v[l] = up ? hi : lo;
+                }
+            }
+}
+
+/* Sorts N (a power of two) 64-bit registers descending, the same network. */
+template <int N>
+__device__ __forceinline__ void sort_net_desc(long long (&v)[N]) {
+#pragma unroll
+    for (int k = 2; k <= N; k <<= 1)
+#pragma unroll
+        for (int m = k >> 1; m > 0; m >>= 1)
+#pragma unroll
+            for (int i = 0; i < N; i++) {
+                const int l = i ^ m;
+                if (l > i) {
+                    const long long a = v[i], b = v[l];
+                    const bool down = (i & k) == 0, swap = down ? a < b : a > b;
+                    v[i] = swap ? b : a;
+                    v[l] = swap ? a : b;
                 }
             }
 }
@@ -238,6 +259,35 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
                 uint32_t cand = 0;
 #pragma unroll
                 for (int i = 0; i < ROUTE_CHUNK / 2; i++) cand |= (uint32_t)(i < nmine && !(mine[i] < thr)) << i;
+                if (KR == 16 && ci == 0 && a.sort_first) {
+                    /* The first chunk passes every score (the list is empty): about 26 of 32 would be
+                     * inserted, at 16 slots each. Instead sort the 32 as 64-bit keys (scan key high,
+                     * ~block low: equal scores rank the lower block first, an empty place lowest), keep
+                     * the best 16 and shift them down p = KR - k1 slots, INT_MAX padding coming in at
+                     * the top (a 4-step barrel shift: p is known at run time only). */
+                    constexpr int N = ROUTE_CHUNK / 2;
+                    long long v[N];
+#pragma unroll
+                    for (int i = 0; i < N; i++)
+                        v[i] = i < nmine ? (long long)scan_key(mine[i]) * 4294967296LL +
+                                               (long long)(0xffffffffu - (unsigned)(c0 + half * N + i))
+                                         : LLONG_MIN;
+                    sort_net_desc<N>(v);
+                    const int p = KR - k1;
+#pragma unroll
+                    for (int b = 0; b < 4; b++) {
+                        const int sh = 1 << b;
+                        if (p & sh)
+#pragma unroll
+                            for (int i = KR - 1; i >= 0; i--) v[i] = i >= sh ? v[i - sh] : LLONG_MAX;
+                    }
+#pragma unroll
+                    for (int i = 0; i < KR; i++) {
+                        sok[i] = (int)(v[i] >> 32);
+                        sbl[i] = (int)(0xffffffffu - (unsigned)(v[i] & 0xffffffffLL));
+                    }
+                    cand = 0;
+                }
                 while (cand) {
                     const int i = __ffs(cand) - 1;
                     cand &= cand - 1;
@@ -353,6 +403,8 @@ static moba_status launch_route(const moba_call *c, const moba_cuda_plan *plan, 
     a.k1 = k1 < c->L.max_blocks ? k1 : c->L.max_blocks; /* more than every block: "all" */
     a.stride = stride;
     a.glists = plan->lists_in_global ? reinterpret_cast<int2 *>((char *)ws + plan->topk_lists) : NULL;
+    const char *e = getenv("MOBA_CUDA_ROUTE_SORT");
+    a.sort_first = !(e && e[0] == '0');
     size_t smem = (size_t)(MOBA_TILE_ROWS + 2 * ROUTE_CHUNK) * (D + 8) * sizeof(T) +
                   (size_t)MOBA_TILE_ROWS * (65 + 4) * sizeof(float);
     dim3 grid((unsigned)plan->num_tiles, p->num_q_heads);

@@ -6,7 +6,8 @@
 #   sanitize  compute-sanitizer memcheck and racecheck on the quick subset (MOBA_GPU_TEST_QUICK=1)
 #   (test runs the default dispatch; that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes (some tiles handed
 #   off, some not: passes the device cuts from a mixed list, empty ones among them); MOBA_CUDA_NO_WGMMA=1 =
-#   portable kernel only; MOBA_CUDA_KBM=1 = every routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1,
+#   portable kernel only; MOBA_CUDA_ROUTE_SORT=0 = routing's first chunk by insertions, not a sorting network;
+#   MOBA_CUDA_KBM=1 = every routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1,
 #   and both with MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default for B >= 128;
 #   K/V by TMA in 128-key stages where B >= 1024 is a multiple of 128), that with its variants:
 #   MOBA_CUDA_KBM_TMA=0 (cp.async), =1 (TMA, 64-key stages), MOBA_CUDA_KBM_STAGES=5 (two Q buffers, five
@@ -34,6 +35,7 @@ set -u
 # the dispatch modes of test and sanitize (';'-separated switch sets; TEST_MODES / SAN_MODES replace them)
 DEFAULT_TEST_MODES="MOBA_CUDA_DEFAULT=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_NO_WGMMA=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_ROUTE_SORT=0"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
