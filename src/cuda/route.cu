@@ -80,10 +80,10 @@ __device__ __forceinline__ long long cand_key(int okey, int blk) {
 }
 __device__ __forceinline__ int cand_block(long long key) { return (int)(0xffffffffu - (unsigned)(key & 0xffffffffLL)); }
 
-/* Sorts N (a power of two) registers ascending: a bitonic network, every index a compile-time
- * constant, so it stays in registers as N log2(N) (log2(N) + 1) / 4 min/max pairs. */
-template <int N>
-__device__ __forceinline__ void sort_net(int (&v)[N]) {
+/* Sorts N (a power of two) registers, ascending or (DESC) descending: a bitonic network, every index
+ * a compile-time constant, so it stays in registers as N log2(N) (log2(N) + 1) / 4 min/max pairs. */
+template <bool DESC, typename V, int N>
+__device__ __forceinline__ void sort_net(V (&v)[N]) {
 #pragma unroll
     for (int k = 2; k <= N; k <<= 1)
 #pragma unroll
@@ -92,29 +92,10 @@ __device__ __forceinline__ void sort_net(int (&v)[N]) {
             for (int i = 0; i < N; i++) {
                 const int l = i ^ m;
                 if (l > i) {
-                    const int lo = min(v[i], v[l]), hi = max(v[i], v[l]);
-                    const bool up = (i & k) == 0;
-                    v[i] = up ? lo : hi;
-                    v[l] = up ? hi : lo;
-                }
-            }
-}
-
-/* Sorts N (a power of two) 64-bit registers descending, the same network. */
-template <int N>
-__device__ __forceinline__ void sort_net_desc(long long (&v)[N]) {
-#pragma unroll
-    for (int k = 2; k <= N; k <<= 1)
-#pragma unroll
-        for (int m = k >> 1; m > 0; m >>= 1)
-#pragma unroll
-            for (int i = 0; i < N; i++) {
-                const int l = i ^ m;
-                if (l > i) {
-                    const long long a = v[i], b = v[l];
-                    const bool down = (i & k) == 0, swap = down ? a < b : a > b;
-                    v[i] = swap ? b : a;
-                    v[l] = swap ? a : b;
+                    const V a = v[i], b = v[l], lo = a < b ? a : b, hi = a < b ? b : a;
+                    const bool low_first = ((i & k) == 0) != DESC;
+                    v[i] = low_first ? lo : hi;
+                    v[l] = low_first ? hi : lo;
                 }
             }
 }
@@ -272,7 +253,7 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
                         v[i] = i < nmine ? (long long)scan_key(mine[i]) * 4294967296LL +
                                                (long long)(0xffffffffu - (unsigned)(c0 + half * N + i))
                                          : LLONG_MIN;
-                    sort_net_desc<N>(v);
+                    sort_net<true>(v);
                     const int p = KR - k1;
 #pragma unroll
                     for (int b = 0; b < 4; b++) {
@@ -339,7 +320,7 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
                     blk[i] = cand_block(rl[i] > other ? rl[i] : other);
                 }
             }
-            sort_net<KR>(blk);
+            sort_net<false>(blk);
             int32_t *o = out + (int64_t)row * a.stride;
 #pragma unroll
             for (int e = 0; e < KR; e++)
