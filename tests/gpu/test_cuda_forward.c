@@ -168,7 +168,7 @@ static void check_route_ties(moba_dtype dt, int d, const int *lens, int nseq, in
     }
     CHECK(diff_cpu == 0 && diff_ref == 0, "%s: %zu of %zu rows differ from the CPU's route, %zu from float64's", name,
           diff_cpu, rows, diff_ref);
-    printf("%-62s %zu rows, 0 differ\n", name, rows);
+    printf("%-62s %zu rows, %zu differ from the CPU, %zu from float64\n", name, rows, diff_cpu, diff_ref);
     free(q64), free(k64), free(pat), free(q), free(k), free(sel), free(sel_cpu), free(sel_ref), free(margin);
     cudaFree(dq), cudaFree(dk), cudaFree(dsel);
 }
