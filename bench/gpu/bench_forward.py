@@ -58,18 +58,20 @@ def check(lib, status, what):
         raise RuntimeError(f"{what}: status {status}: {lib.moba_last_error().decode()}")
 
 
+def event_ms(fn):
+    """One call of fn, timed by CUDA events around it."""
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    fn()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b)
+
+
 def time_ms(fn, reps, warmup=2):
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return statistics.median(event_ms(fn) for _ in range(reps))
 
 
 def time_pair_ms(fa, fb, reps, warmup=2):
@@ -79,13 +81,8 @@ def time_pair_ms(fa, fb, reps, warmup=2):
         fa(), fb()
     ta, tb = [], []
     for _ in range(reps):
-        for fn, times in ((fa, ta), (fb, tb)):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
+        ta.append(event_ms(fa))
+        tb.append(event_ms(fb))
     return statistics.median(ta), statistics.median(tb)
 
 
