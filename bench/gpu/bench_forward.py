@@ -75,14 +75,16 @@ def time_ms(fn, reps, warmup=2):
 
 
 def time_pair_ms(fa, fb, reps, warmup=2):
-    """Medians of fa and fb timed in alternation, so clock and power drift (a GPU at its power cap after a
-    long call) hit both alike; timed one after the other, the second inherits the heat of the first."""
+    """Medians of fa and fb timed in the order a b b a a b b a ... (at least 4 each), so that each follows
+    itself and the other equally often: a GPU at its power cap runs a call at the clock the call before
+    left it, and a series of one then the other (or plain alternation, where b always follows a) hands
+    one side the other's heat."""
     for _ in range(warmup):
         fa(), fb()
     ta, tb = [], []
-    for _ in range(reps):
-        ta.append(event_ms(fa))
-        tb.append(event_ms(fb))
+    for r in range(max(reps, 4)):
+        for fn, times in ((fa, ta), (fb, tb)) if r % 2 == 0 else ((fb, tb), (fa, ta)):
+            times.append(event_ms(fn))
     return statistics.median(ta), statistics.median(tb)
 
 
