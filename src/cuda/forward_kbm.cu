@@ -217,8 +217,9 @@ __global__ void __launch_bounds__(256) kbm_scatter_kernel(KbmArgs a) {
 }
 
 /* One CTA: exclusive prefix sums of the group counts (pair offsets) and of their tile counts, the
- * tile list, and the counts reset to 0 for the next pass (the scatter's cursors are the offsets). With a.own, the list goes on with
- * one own-block item per entry of the pass: {-1 - q head, block's first key, first row, rows}. */
+ * tile list, and the counts reset to 0 for the next pass (the scatter's cursors are the offsets). With
+ * a.own, the list goes on with one own-block item per entry of the pass: {-1 - q head, block's first
+ * key, first row, rows}. */
 __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a) {
     __shared__ int64_t sp[KBM_SCAN_THREADS], st[KBM_SCAN_THREADS];
     const int tid = threadIdx.x;

@@ -14,8 +14,8 @@
  * chunk a thread marks which of its 32 scores reach the higher of the two lists' thresholds (a bit
  * mask, no branches) and inserts only those (the first chunk, where nearly every score would enter, is
  * sorted instead); the two lists are merged at the end as 64-bit keys (score order, then lower block)
- * and the chosen blocks put in order by a sorting network. Larger top_k: one thread per row, a list in shared memory (or in the workspace when
- * top_k - 1 > 192).
+ * and the chosen blocks put in order by a sorting network. Larger top_k: one thread per row, a list in
+ * shared memory (or in the workspace when top_k - 1 > 192).
  */
 #include <limits.h>
 
