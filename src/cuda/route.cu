@@ -250,9 +250,7 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
                     long long v[N];
 #pragma unroll
                     for (int i = 0; i < N; i++)
-                        v[i] = i < nmine ? (long long)scan_key(mine[i]) * 4294967296LL +
-                                               (long long)(0xffffffffu - (unsigned)(c0 + half * N + i))
-                                         : LLONG_MIN;
+                        v[i] = i < nmine ? cand_key(scan_key(mine[i]), c0 + half * N + i) : LLONG_MIN;
                     sort_net<true>(v);
                     const int p = KR - k1;
 #pragma unroll
@@ -264,8 +262,8 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
                     }
 #pragma unroll
                     for (int i = 0; i < KR; i++) {
-                        sok[i] = (int)(v[i] >> 32);
-                        sbl[i] = (int)(0xffffffffu - (unsigned)(v[i] & 0xffffffffLL));
+                        sok[i] = (int)(v[i] >> 32); /* cand_key's halves, back to the scan list's form */
+                        sbl[i] = cand_block(v[i]);
                     }
                     cand = 0;
                 }
