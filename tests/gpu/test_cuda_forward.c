@@ -29,16 +29,23 @@ static long long rows_total = 0, rows_diff_cpu = 0, rows_diff_ref = 0;
 
 static int same_row(const int32_t *a, const int32_t *b, int n) { return memcmp(a, b, (size_t)n * 4) == 0; }
 
+/* A CUDA call's params for sequences of the given lengths (cu: the caller's, at least nseq + 1 entries,
+ * which p points to); returns the total tokens. */
+static int64_t cuda_problem(moba_params *p, int32_t *cu, moba_dtype dt, int d, const int *lens, int nseq, int hq,
+                            int hkv, int block, int topk) {
+    cu[0] = 0;
+    for (int s = 0; s < nseq; s++) cu[s + 1] = cu[s] + lens[s];
+    moba_params_init(p);
+    p->backend = MOBA_BACKEND_CUDA;
+    ref_set_problem(p, dt, nseq, cu, hq, hkv, d, block, topk);
+    return cu[nseq];
+}
+
 static void run_case(moba_dtype dt, int d, const int *lens, int nseq, int hq, int hkv, int block, int topk,
                      uint64_t seed) {
     int32_t cu[16];
-    cu[0] = 0;
-    for (int s = 0; s < nseq; s++) cu[s + 1] = cu[s] + lens[s];
-    int64_t total = cu[nseq];
     moba_params p;
-    moba_params_init(&p);
-    p.backend = MOBA_BACKEND_CUDA;
-    ref_set_problem(&p, dt, nseq, cu, hq, hkv, d, block, topk);
+    const int64_t total = cuda_problem(&p, cu, dt, d, lens, nseq, hq, hkv, block, topk);
 
     size_t es = ref_dtype_size(dt), nq = (size_t)total * hq * d, nk = (size_t)total * hkv * d;
     size_t nsel = (size_t)hq * total * topk, nl = (size_t)hq * total;
@@ -120,13 +127,8 @@ static void run_case(moba_dtype dt, int d, const int *lens, int nseq, int hq, in
 static void check_route_ties(moba_dtype dt, int d, const int *lens, int nseq, int hq, int hkv, int block, int topk,
                              int npat, uint64_t seed) {
     int32_t cu[16];
-    cu[0] = 0;
-    for (int s = 0; s < nseq; s++) cu[s + 1] = cu[s] + lens[s];
-    const int64_t total = cu[nseq];
     moba_params p;
-    moba_params_init(&p);
-    p.backend = MOBA_BACKEND_CUDA;
-    ref_set_problem(&p, dt, nseq, cu, hq, hkv, d, block, topk);
+    const int64_t total = cuda_problem(&p, cu, dt, d, lens, nseq, hq, hkv, block, topk);
     const size_t nq = (size_t)total * hq * d, nk = (size_t)total * hkv * d, nsel = (size_t)hq * total * topk;
     ref_rng rng;
     ref_rng_seed(&rng, seed);
