@@ -716,24 +716,36 @@ __device__ __forceinline__ void kbm_merge_row(const KbmArgs &a, int64_t x, int i
     const int64_t t = tile.row_begin + i;
     const int64_t p0 = a.cbase[x] - a.s0 + (int64_t)i * nh;
     float *lse_at = a.lse + (int64_t)h * a.total + t;
+    T *orow = reinterpret_cast<T *>(a.o) + (t * a.Hq + h) * D + col;
+    const T *part = reinterpret_cast<const T *>(a.part_o) + p0 * D + col;
+    /* The first values this lane adds (the own block's in group 0, partial grp) do not depend on M: their
+     * loads go out with the LSEs', so a row with at most PW partials (32K: 2) waits for memory once. */
+    uint4 first_own = make_uint4(0, 0, 0, 0), first_part = make_uint4(0, 0, 0, 0);
+    if (grp == 0) first_own = *reinterpret_cast<const uint4 *>(orow);
+    if (grp < nh) first_part = *reinterpret_cast<const uint4 *>(part + (int64_t)grp * D);
+    /* M = max(own, the partials' LSEs): each lane reads every 32nd of them (one coalesced load for up to
+     * 32 partials), then a warp max - the same M as a sequential max (fmaxf drops NaN either way) */
     const float own = *lse_at;
     float M = own;
-#pragma unroll 4
-    for (int s = 0; s < nh; s++) M = fmaxf(M, a.part_lse[p0 + s]);
-    T *orow = reinterpret_cast<T *>(a.o) + (t * a.Hq + h) * D + col;
+    for (int s = lane; s < nh; s += 32) M = fmaxf(M, a.part_lse[p0 + s]);
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
     float W = 0.0f, acc[V];
 #pragma unroll
     for (int e = 0; e < V; e++) acc[e] = 0.0f;
-    auto add = [&](float w, const T *src) {
-        const uint4 x = *reinterpret_cast<const uint4 *>(src);
+    auto add = [&](float w, const uint4 &x) {
         const T *xs = reinterpret_cast<const T *>(&x);
         W += w;
 #pragma unroll
         for (int e = 0; e < V; e++) acc[e] += w * moba_pack<T>::to_f32(xs[e]);
     };
-    if (grp == 0) add(expf(own - M), orow);
+    /* each lane group adds its own values in the order it always has: own (group 0), then s = grp,
+     * grp + PW, ... (the output is bitwise the same as with the loads in that order) */
+    if (grp == 0) add(expf(own - M), first_own);
+    if (grp < nh) add(expf(a.part_lse[p0 + grp] - M), first_part);
 #pragma unroll 2
-    for (int s = grp; s < nh; s += PW) add(expf(a.part_lse[p0 + s] - M), reinterpret_cast<const T *>(a.part_o) + (p0 + s) * D + col);
+    for (int s = grp + PW; s < nh; s += PW)
+        add(expf(a.part_lse[p0 + s] - M), *reinterpret_cast<const uint4 *>(part + (int64_t)s * D));
 #pragma unroll
     for (int o = LP; o < 32; o *= 2) {
         W += __shfl_xor_sync(0xffffffffu, W, o);
