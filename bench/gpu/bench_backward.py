@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_forward import (D, OP_BACKWARD, TARGETS, ForwardCase, check, load_lib,  # noqa: E402
-                           sdpa_layout, time_ms, time_pair_ms, workspace_bytes)
+                           set_heater, sdpa_layout, time_ms, time_pair_ms, workspace_bytes)
 
 TARGETS_FB = [t[:4] + (f,) for t, f in zip(TARGETS, (6.0, 8.0, 1.4, 6.0))]  # the backward issue's targets
 
@@ -86,11 +86,14 @@ def main():
     ap.add_argument("--only", type=int, default=-1, help="run only this target (0..3)")
     ap.add_argument("--kinds", default="random,local", help="inputs, comma-separated: random, local, clustered")
     ap.add_argument("--deterministic", action="store_true", help="the bitwise reproducible backward (separate dq pass)")
+    ap.add_argument("--heater", type=int, default=0, help="untimed 8192^3 GEMMs before every timed call (bench_forward.set_heater)")
     args = ap.parse_args()
     lib = load_lib(args.lib)
+    set_heater(args.heater)
     mode = "deterministic" if args.deterministic else "default (dq summed in any order)"
+    heat = f", {args.heater} heater GEMMs before each timed call" if args.heater else ""
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, d={D}, one sequence, fwd+bwd, "
-          f"backward mode: {mode}")
+          f"backward mode: {mode}{heat}")
     rows = []
     for i, (n, h, b, k, tgt) in enumerate(TARGETS_FB):
         if args.only >= 0 and i != args.only:

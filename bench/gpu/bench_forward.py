@@ -58,9 +58,32 @@ def check(lib, status, what):
         raise RuntimeError(f"{what}: status {status}: {lib.moba_last_error().decode()}")
 
 
+_heater = None  # set_heater: work queued, untimed, before every timed call
+
+
+def set_heater(gemms):
+    """--heater N: before every timed call, N untimed bf16 GEMMs of 8192^3 (1.1 TFLOP, ~1.7 ms each on an
+    H100) in the same stream, so that every call - dense or MoBA - starts right after the same kind of work,
+    as attention does inside a model (after the q/k/v projections). Under a power cap a call runs at the
+    clock the work before it left; without a heater that work is the previous timed call (docs/benchmarks.md)."""
+    global _heater
+    if gemms <= 0:
+        _heater = None
+        return
+    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+
+    def heat():
+        for _ in range(gemms):
+            torch.matmul(x, x, out=y)
+    _heater = heat
+
+
 def event_ms(fn):
-    """One call of fn, timed by CUDA events around it."""
+    """One call of fn, timed by CUDA events around it (after the heater's untimed work, if set)."""
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    if _heater:
+        _heater()
     a.record()
     fn()
     b.record()
@@ -207,9 +230,12 @@ def main():
     ap.add_argument("--only", type=int, default=-1, help="run only this target (0..3)")
     ap.add_argument("--kinds", default="random,local,clustered",
                     help="inputs, comma-separated: random, local, clustered")
+    ap.add_argument("--heater", type=int, default=0, help="untimed 8192^3 GEMMs before every timed call (set_heater)")
     args = ap.parse_args()
     lib = load_lib(args.lib)
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, d={D}, one sequence")
+    set_heater(args.heater)
+    heat = f", {args.heater} heater GEMMs before each timed call" if args.heater else ""
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, d={D}, one sequence{heat}")
     rows = []
     for i, (n, h, b, k, tgt) in enumerate(TARGETS):
         if args.only >= 0 and i != args.only:
