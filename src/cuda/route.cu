@@ -238,8 +238,6 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
                 const float thr =
                     ci > 0 ? fmaxf(thr_f, sThr[((ci - 1) & 1) * 128 + (1 - half) * MOBA_TILE_ROWS + row]) : thr_f;
                 uint32_t cand = 0;
-#pragma unroll
-                for (int i = 0; i < ROUTE_CHUNK / 2; i++) cand |= (uint32_t)(i < nmine && !(mine[i] < thr)) << i;
                 if (KR == 16 && ci == 0 && a.sort_first) {
                     /* The first chunk passes every score (the list is empty): about 26 of 32 would be
                      * inserted, at 16 slots each. Instead sort the 32 as 64-bit keys (scan key high,
@@ -265,7 +263,9 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
                         sok[i] = (int)(v[i] >> 32); /* cand_key's halves, back to the scan list's form */
                         sbl[i] = cand_block(v[i]);
                     }
-                    cand = 0;
+                } else {
+#pragma unroll
+                    for (int i = 0; i < ROUTE_CHUNK / 2; i++) cand |= (uint32_t)(i < nmine && !(mine[i] < thr)) << i;
                 }
                 while (cand) {
                     const int i = __ffs(cand) - 1;
