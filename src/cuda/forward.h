@@ -27,6 +27,7 @@ struct FwdArgs {
     int kbm_min_union;
     int kbm_ws_ctas;    /* the warp-specialised key-block-major kernel's CTAs; 0: the plain kernel */
     int kbm_own;        /* a handed-off tile's own block is done key-block-major too (forward_kbm.cu) */
+    int kbm_pre;        /* with kbm_own: kbm_decide_kernel decides before the query-tile-major kernel runs */
 };
 
 /* Hopper path (forward_sm90.cu): does it apply to this call (sm_90, B % 64 == 0, not switched off), and

@@ -814,7 +814,9 @@ static int kbm_min_union(const moba_call *c) {
  *   faster on local ones since shared memory is reached as such, v18 in docs/cuda.md); MOBA_CUDA_KBM_WS=1 / 0
  *   forces it on / off (tests run both); 0: the plain kernel;
  * - kbm_own: with it, a handed-off tile's own block is an item of that kernel too, not the query-tile-major
- *   kernel's (MOBA_CUDA_KBM_OWN=0: the query-tile-major kernel's, as before, for measurements). */
+ *   kernel's (MOBA_CUDA_KBM_OWN=0: the query-tile-major kernel's, as before, for measurements);
+ * - kbm_pre: with kbm_own, the hand-off is decided by a small kernel of its own before the query-tile-major
+ *   kernel, whose CTAs of handed-off tiles then end at once (MOBA_CUDA_KBM_DECIDE=0: decided in it). */
 void moba_cuda_kbm_setup(const moba_call *c, FwdArgs *a) {
     a->kbm_min_union = kbm_min_union(c);
     const char *e = getenv("MOBA_CUDA_KBM_WS");
@@ -827,6 +829,8 @@ void moba_cuda_kbm_setup(const moba_call *c, FwdArgs *a) {
     cudaGetLastError();
     e = getenv("MOBA_CUDA_KBM_OWN");
     a->kbm_own = a->kbm_ws_ctas > 0 && !(e && *e == '0');
+    e = getenv("MOBA_CUDA_KBM_DECIDE");
+    a->kbm_pre = a->kbm_own && !(e && *e == '0');
 }
 
 static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }

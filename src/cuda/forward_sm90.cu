@@ -37,6 +37,8 @@ __global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdAr
     const int qpos0 = (int)(tile.row_begin - seq0);
     const T *kg = reinterpret_cast<const T *>(a.k), *vg = reinterpret_cast<const T *>(a.v);
     const int64_t kv_stride = (int64_t)a.Hkv * D;
+    /* decided ahead (kbm_decide_kernel): a handed-off tile has nothing left here, not even its own block */
+    if (a.kbm_pre && a.kbm_flags[(int64_t)h * a.dl.num_ftiles + blockIdx.x]) return;
 
     for (int w = 0; w < SM90_WGS; w++) /* one swizzled 64-row Q tile per warpgroup */
         load_sw128<D, ROWS>(sQ + w * Q_BYTES,
@@ -44,7 +46,7 @@ __global__ void __launch_bounds__(SM90_THREADS, MINB) moba_fwd_sm90_kernel(FwdAr
                             (int64_t)a.Hq * D, rows - w * ROWS, tid);
     moba_cp_async_commit();
     build_union(a, tile, h, bitmap, tid, SM90_THREADS);
-    if (a.kbm_flags && kbm_decide(a, tile, blockIdx.x, h, bitmap, tid, SM90_THREADS) && a.kbm_own) {
+    if (a.kbm_flags && !a.kbm_pre && kbm_decide(a, tile, blockIdx.x, h, bitmap, tid, SM90_THREADS) && a.kbm_own) {
         moba_cp_async_wait<0>(); /* nothing left here: the own block goes key-block-major as well */
         return;
     }
@@ -149,6 +151,27 @@ static moba_status launch_sm90_occ(const moba_call *c, const FwdArgs &a) {
     return MOBA_OK;
 }
 
+/* The key-block-major hand-off of every (tile, q head), decided before the query-tile-major kernel runs
+ * (a.kbm_pre: with kbm_own a handed-off tile leaves that kernel nothing to do). Deciding inside it cost
+ * a CTA of ~100 KiB of shared memory per tile, two per SM, each waiting for its selection loads: 0.12 ms
+ * of a 32K call on random inputs, where every tile is handed off (docs/cuda.md, v22). Here a CTA is 128
+ * threads and a bitmap of the tile's blocks. */
+__global__ void __launch_bounds__(128) kbm_decide_kernel(FwdArgs a) {
+    extern __shared__ uint32_t decide_bitmap[];
+    const moba_tile tile = a.dl.ftiles[blockIdx.x];
+    build_union(a, tile, (int)blockIdx.y, decide_bitmap, (int)threadIdx.x, 128);
+    kbm_decide(a, tile, blockIdx.x, (int)blockIdx.y, decide_bitmap, (int)threadIdx.x, 128);
+}
+
+static moba_status launch_kbm_decide(const moba_call *c, const FwdArgs &a) {
+    const size_t smem = (size_t)(c->L.max_blocks / 32 + 1) * sizeof(uint32_t);
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_decide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((unsigned)a.dl.num_ftiles, c->p->num_q_heads);
+    kbm_decide_kernel<<<grid, 128, smem, (cudaStream_t)c->p->cuda_stream>>>(a);
+    MOBA_CUDA_LAUNCHED();
+    return MOBA_OK;
+}
+
 /* MOBA_CUDA_SM90_MINB=1 picks the one-CTA-per-SM build (measured against the default in docs/cuda.md). */
 template <typename T, int D>
 static moba_status launch_sm90(const moba_call *c, const FwdArgs &a) {
@@ -178,6 +201,10 @@ int moba_cuda_hopper(void) {
 int moba_cuda_sm90_applies(const moba_call *c) { return c->p->block_size % SM90_BN == 0 && moba_cuda_hopper(); }
 
 moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a) {
+    if (a.kbm_pre) {
+        moba_status st = launch_kbm_decide(c, a);
+        if (st != MOBA_OK) return st;
+    }
     int d = c->p->head_dim;
     if (c->p->dtype == MOBA_DTYPE_BF16)
         return d == 64 ? launch_sm90<__nv_bfloat16, 64>(c, a) : launch_sm90<__nv_bfloat16, 128>(c, a);

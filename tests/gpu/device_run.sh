@@ -7,6 +7,7 @@
 #   (test runs the default dispatch; that with MOBA_CUDA_KBM_PAIRS=1 = the smallest passes (some tiles handed
 #   off, some not: passes the device cuts from a mixed list, empty ones among them); MOBA_CUDA_NO_WGMMA=1 =
 #   portable kernel only; MOBA_CUDA_ROUTE_SORT=0 = routing's first chunk by insertions, not a sorting network;
+#   MOBA_CUDA_KBM_DECIDE=0 = the hand-off decided inside the query-tile-major kernel, not ahead of it;
 #   MOBA_CUDA_KBM=1 = every routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1,
 #   and both with MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default for B >= 128;
 #   K/V by TMA in 128-key stages where B >= 1024 is a multiple of 128), that with its variants:
@@ -37,6 +38,7 @@ DEFAULT_TEST_MODES="MOBA_CUDA_DEFAULT=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_NO_WGMMA=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_ROUTE_SORT=0"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_DECIDE=0"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1"
