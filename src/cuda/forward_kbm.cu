@@ -264,18 +264,30 @@ __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_scan_kernel(KbmArgs a) {
     if (tid == 0) *a.ntiles = (int)(hist_tiles + (a.own ? units : 0));
 }
 
-/* The rows row0 and row0 + 8 (of a tile's n pairs, pair list pl) to their partial slots: o / l in the
+/* The rows row0 and row0 + 8 (of a tile's n pairs) to their partial slots slot0 and slot1: o / l in the
  * storage dtype, lse in fp32. */
+template <typename T, int D>
+__device__ __forceinline__ void store_partials_at(const KbmArgs &a, int row0, int n, int slot0, int slot1,
+                                                  const float (&acc)[D / 8][4], const float (&m)[2],
+                                                  const float (&l)[2], int c) {
+    const bool v0 = row0 < n, v1 = row0 + 8 < n;
+    T *po = reinterpret_cast<T *>(a.part_o);
+    T *const orow[2] = {v0 ? po + (int64_t)slot0 * D : NULL, v1 ? po + (int64_t)slot1 * D : NULL};
+    float *const lse_at[2] = {v0 ? a.part_lse + slot0 : NULL, v1 ? a.part_lse + slot1 : NULL};
+    store_rows_to<T, D / 8>(orow, lse_at, acc, m, l, c, a.scale_log2);
+}
+/* The partial slots of rows row0 and row0 + 8 (0 for rows past n). */
+__device__ __forceinline__ void partial_slots(const int2 *pl, int row0, int n, int &slot0, int &slot1) {
+    slot0 = row0 < n ? pl[row0].y : 0;
+    slot1 = row0 + 8 < n ? pl[row0 + 8].y : 0;
+}
 template <typename T, int D>
 __device__ __forceinline__ void store_partials(const KbmArgs &a, const int2 *pl, int row0, int n,
                                                const float (&acc)[D / 8][4], const float (&m)[2], const float (&l)[2],
                                                int c) {
-    const bool v0 = row0 < n, v1 = row0 + 8 < n;
-    T *po = reinterpret_cast<T *>(a.part_o);
-    const int slot0 = v0 ? pl[row0].y : 0, slot1 = v1 ? pl[row0 + 8].y : 0;
-    T *const orow[2] = {v0 ? po + (int64_t)slot0 * D : NULL, v1 ? po + (int64_t)slot1 * D : NULL};
-    float *const lse_at[2] = {v0 ? a.part_lse + slot0 : NULL, v1 ? a.part_lse + slot1 : NULL};
-    store_rows_to<T, D / 8>(orow, lse_at, acc, m, l, c, a.scale_log2);
+    int slot0, slot1;
+    partial_slots(pl, row0, n, slot0, slot1);
+    store_partials_at<T, D>(a, row0, n, slot0, slot1, acc, m, l, c);
 }
 
 /* One CTA per tile: up to 128 gathered query rows (64 per warpgroup) against the B keys of one
@@ -586,8 +598,14 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
         else sm90_issue_s_desc<T, D, BN, ROWS>(q_desc, k_desc, sc);
     };
     Ring r = {0, 0};
+    /* What a tile's epilogue needs from global memory - its rows' partial slots - and the next tile's
+     * descriptor are loaded when the tile starts, so their latency passes under the tile's chunks (the
+     * 32K profile of docs/cuda.md: ~6% of the stall samples waited on them at the tile's edges). */
+    int4 tile = mine > 0 ? tile_of(0) : make_int4(0, 0, 0, 0);
     for (int n = 0; n < mine; n++) {
-        const int4 tile = tile_of(n);
+        const int4 next = n + 1 < mine ? tile_of(n + 1) : tile;
+        int slot0 = 0, slot1 = 0;
+        if (tile.x >= 0) partial_slots(a.plist + tile.z, row0, tile.w, slot0, slot1);
         const bool own = tile.x < 0;
         const int nch = chunks_of(tile);
         /* own-block tile: this lane's rows sit at block positions qpos, qpos + 8; the warpgroup's first
@@ -678,8 +696,9 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
                                       v1 ? a.lse + (int64_t)h * a.total + t0 + 8 : NULL};
             store_rows_to<T, D / 8>(orow, lse_at, acc, m, l, c, a.scale_log2);
         } else {
-            store_partials<T, D>(a, a.plist + tile.z, row0, tile.w, acc, m, l, c);
+            store_partials_at<T, D>(a, row0, tile.w, slot0, slot1, acc, m, l, c);
         }
+        tile = next;
     }
     if (PP && cw == 0) asm volatile("bar.sync 1, 256;\n" ::: "memory"); /* warpgroup 1's last arrival */
 #else
