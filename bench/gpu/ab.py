@@ -46,6 +46,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--op", default="forward", choices=("forward", "backward"))
+    ap.add_argument("--top", type=int, default=4, help="kernels listed per set (longest first)")
     args = ap.parse_args()
     lib = bf.load_lib(args.lib)
     sets = [s.strip() for s in args.sets.split(";")]
@@ -103,10 +104,10 @@ def main():
         for s in sets:
             t = statistics.median(times[s])
             diff = max(((x - y).norm() / y.norm()).item() for x, y in zip(outs[s], ref))
-            ks = ", ".join(f"{k} {v:.3f}" for k, v in sorted(kernels[s].items(), key=lambda x: -x[1])[:4])
+            ks = ", ".join(f"{k} {v:.3f}" for k, v in sorted(kernels[s].items(), key=lambda x: -x[1])[:args.top])
             print(f"  [{s or 'default'}] call {t:.3f} ms (rounds {', '.join(f'{x:.2f}' for x in times[s])}), "
                   f"vs SDPA {statistics.median(times['SDPA']) / t:.3f}x, diff vs first {diff:.1e}; "
-                  f"kernels: {ks}")
+                  f"kernels (sum {sum(kernels[s].values()):.3f}): {ks}")
 
 
 if __name__ == "__main__":
