@@ -153,9 +153,9 @@ static moba_status launch_sm90_occ(const moba_call *c, const FwdArgs &a) {
 
 /* The key-block-major hand-off of every (tile, q head), decided before the query-tile-major kernel runs
  * (a.kbm_pre: with kbm_own a handed-off tile leaves that kernel nothing to do). Deciding inside it cost
- * a CTA of ~100 KiB of shared memory per tile, two per SM, each waiting for its selection loads: 0.12 ms
- * of a 32K call on random inputs, where every tile is handed off (docs/cuda.md, v22). Here a CTA is 128
- * threads and a bitmap of the tile's blocks. */
+ * a CTA of ~100 KiB of shared memory per tile, two per SM, each loading its Q tile and waiting for it
+ * before it could end: 0.115 ms of a 32K call on random inputs, where every tile is handed off (0.074 ms
+ * since; docs/cuda.md, v22). Here a CTA is 128 threads and a bitmap of the tile's blocks. */
 __global__ void __launch_bounds__(128) kbm_decide_kernel(FwdArgs a) {
     extern __shared__ uint32_t decide_bitmap[];
     const moba_tile tile = a.dl.ftiles[blockIdx.x];
