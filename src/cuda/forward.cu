@@ -234,6 +234,12 @@ static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan 
         if (plan->kbm && plan->kptot > 0 && sm90) {
             a.kbm_flags = (int32_t *)((char *)ws + plan->kflags);
             moba_cuda_kbm_setup(c, &a);
+            /* the tiles that stay as union tiles of the warp-specialised kernel (forward.h; opt-in,
+             * MOBA_CUDA_KBM_UNION=1, read by the plan: not yet run on a GPU, docs/cuda.md v23) */
+            if (a.kbm_pre && plan->kunion) {
+                a.kbm_ulist = (int32_t *)((char *)ws + plan->kublk);
+                a.kbm_ustride = plan->kunion;
+            }
             if (!a.lse) a.lse = (float *)((char *)ws + plan->klse); /* the merge needs the own block's lse */
         }
     } else if (p->block_idx) {

@@ -28,6 +28,13 @@ struct FwdArgs {
     int kbm_ws_ctas;    /* the warp-specialised key-block-major kernel's CTAs; 0: the plain kernel */
     int kbm_own;        /* a handed-off tile's own block is done key-block-major too (forward_kbm.cu) */
     int kbm_pre;        /* with kbm_own: kbm_decide_kernel decides before the query-tile-major kernel runs */
+    /* with kbm_pre: the tiles not handed off are union tiles of the warp-specialised kernel
+     * (forward_kbm.cu), not the query-tile-major kernel's; kbm_decide_kernel writes each one's union to
+     * kbm_ulist[(h * num_ftiles + f) * kbm_ustride]: history blocks n, own block j, the n blocks
+     * ascending. NULL (the default; MOBA_CUDA_KBM_UNION=1 and a min_union of at most 64 set it): the
+     * query-tile-major kernel. */
+    int32_t *kbm_ulist;
+    int kbm_ustride;
 };
 
 /* Hopper path (forward_sm90.cu): does it apply to this call (sm_90, B % 64 == 0, not switched off), and

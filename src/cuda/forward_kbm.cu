@@ -42,6 +42,7 @@
 #define KBM_UNITS_PER_CTA 4                     /* count / scatter */
 #define KBM_HIST_MAX 12288                      /* their shared histogram: 48 KiB */
 #define KBM_MIN_BUDGET ((int64_t)256 << 20)     /* partials may always take this many bytes */
+#define KBM_UNION_MAX 64                        /* union tiles: at most this many history blocks stay */
 
 struct KbmArgs {
     const void *q, *k, *v;
@@ -57,6 +58,11 @@ struct KbmArgs {
     int32_t *cnt, *off;         /* [ng]: pairs per group (0 between passes), first pair (then a cursor) */
     int32_t *ntiles;            /* [1] tiles of this pass */
     int4 *tiles;                /* {kv head, first key row, first pair, pairs} */
+    /* union tiles (a.ublk set, forward.h: kbm_ulist): the units not handed off, in order, and how many */
+    const int32_t *ublk;        /* [units][ustride]: union count, own block, the union's history blocks */
+    int64_t *qlist;
+    int32_t *nuq;
+    int ustride;
     int2 *plist;                /* {t * Hq + h, partial slot} grouped */
     float *part_lse;            /* [kcap] */
     void *part_o;               /* [kcap][D] storage dtype */
@@ -126,6 +132,12 @@ __global__ void __launch_bounds__(KBM_SCAN_THREADS) kbm_passes_kernel(KbmArgs a,
             a.cbase[x++] = cb;
             cb += pairs_of(u);
         }
+    if (a.qlist) { /* the others, in order: the union tiles (u0 - x of them come before u0) */
+        int64_t y = u0 - (sn[tid] - m);
+        for (int64_t u = u0; u < u1; u++)
+            if (!a.flags[u]) a.qlist[y++] = u;
+        if (tid == KBM_SCAN_THREADS - 1) *a.nuq = (int32_t)(units - nl);
+    }
     __syncthreads(); /* the block's global writes are visible to the block */
     /* pstart[q] = the first entry of pass >= q; entries split among the threads anew */
     auto pass_of = [&](int64_t c) { return kbm_pass_of(c, kstep, npasses); };
@@ -362,7 +374,12 @@ __global__ void __launch_bounds__(SM90_THREADS, 2) kbm_attend_kernel(KbmArgs a) 
  * results to the partials) and, with a.own, an own-block tile (x = -1 - q head: up to 128 consecutive
  * rows of one block against its keys up to the last row, causal, results straight to o and lse; the
  * query-tile-major kernel did this part at ~260 TFLOP/s, this one at ~357). A warpgroup stops at its diagonal
- * chunk and only waits out / releases the stages after it. */
+ * chunk and only waits out / releases the stages after it.
+ * UN: every tile is a union tile (a unit that was not handed off, a.qlist): its 128 consecutive rows
+ * against the union of their selections - each union block whole, then the own block as in an own-block
+ * tile - results straight to o and lse, no partials. A row's weights are 0 on the union blocks it did not
+ * select: each consumer lane walks its two rows' selections (ascending, like the union) one block ahead.
+ * This is the query-tile-major kernel's work (forward_sm90.cu) in this kernel's pipeline. */
 #define KBM_WS_THREADS 384
 /* K/V stages beside NQ tiles' Q (two 64-row buffers each): 2 x 32 KiB + 5 x 32 KiB, or with Q in registers
  * 1 x 32 KiB + 6 x 32 KiB, of the 227 KiB of shared memory at D = 128 */
@@ -417,7 +434,7 @@ __device__ __forceinline__ void kbm_load_q_lean(char *sq, int n, int tid, const 
 
 /* The kernel body; TMA (only with QR, NQ = 1, no PP): K/V by TMA, see the producer below. tmk / tmv: the
  * tensor maps of K and V (TMA only), [total rows][Hkv * D] boxes of {64 columns, BN rows}, 128-byte swizzle. */
-template <typename T, int D, int BN, bool PP, bool QR, int NQ, bool TMA>
+template <typename T, int D, int BN, bool PP, bool QR, int NQ, bool TMA, bool UN = false>
 __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMap *tmk, const CUtensorMap *tmv) {
 #ifdef MOBA_WGMMA
     /* LAG: the producer signals an item once the copies of the next one are issued. Not 2: with a
@@ -430,6 +447,7 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
     static_assert(NQ == 2 || (NQ == 1 && QR), "one Q buffer needs Q in registers");
     static_assert(!TMA || (QR && NQ == 1 && !PP), "the TMA variant: Q in registers, one Q buffer, no ping-pong");
     static_assert(TMA || BN == SM90_BN, "128-key stages only with TMA");
+    static_assert(!UN || (!TMA && QR && NQ == 1 && !PP), "union tiles: the default cp.async configuration");
     constexpr int ROWS = 64, NS = TMA ? kbm_tma_stages<D, BN>() : KBM_WS_STAGES(NQ), LAG = 1;
     using L = KbmWsLayout<D, BN, NQ, NS, TMA>;
     constexpr int Q_BYTES = L::Q_BYTES, KV_BYTES = L::KV_BYTES;
@@ -438,7 +456,7 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
     char *sQ = smem, *sK = smem + L::k, *sV = smem + L::v;
     uint64_t *full = reinterpret_cast<uint64_t *>(smem + L::bars), *empty = full + NS, *qempty = empty + NS,
              *qfull = qempty + NQ;
-    const int ntiles = *a.ntiles;
+    const int ntiles = UN ? *a.nuq : *a.ntiles;
     const int mine = ntiles > (int)blockIdx.x ? (ntiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x : 0;
     if (mine == 0) return;
     /* the warpgroup index through a shuffle: the compiler then knows it is warp-uniform and keeps what is
@@ -454,9 +472,21 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
-    auto tile_of = [&](int n) { return a.tiles[blockIdx.x + n * gridDim.x]; };
-    /* chunks of a tile: the whole block, or the own block's keys up to the tile's last row */
-    auto chunks_of = [&](const int4 &t) { return t.x >= 0 ? a.B / BN : (t.z + t.w - t.y + BN - 1) / BN; };
+    /* UN: a union tile as an own-block tile {-1 - q head, own block's first key row, first row, rows};
+     * union_of(n): its list in ublk */
+    auto union_of = [&](int n) { return a.ublk + a.qlist[blockIdx.x + n * gridDim.x] * a.ustride; };
+    auto tile_of = [&](int n) {
+        if (!UN) return a.tiles[blockIdx.x + n * gridDim.x];
+        const int64_t u = a.qlist[blockIdx.x + n * gridDim.x];
+        const moba_tile f = a.ftiles[u % a.nf];
+        const int64_t key0 = a.cu_seqlens[f.seq] + (int64_t)f.block * a.B;
+        return make_int4(-1 - (int)(u / a.nf), (int)key0, (int)f.row_begin, (int)(f.row_end - f.row_begin));
+    };
+    /* chunks of a tile: the whole block, or (nu union blocks first) the own block's keys up to the tile's
+     * last row */
+    auto chunks_of = [&](const int4 &t, int nu) {
+        return t.x >= 0 ? a.B / BN : nu * (a.B / BN) + (t.z + t.w - t.y + BN - 1) / BN;
+    };
     /* a position in the ring: stage and the parity of its current use (no divisions in the loops) */
     struct Ring {
         int st, ph;
@@ -505,7 +535,7 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
             }
             mbar_arrive_cp_async(qfull);
             if (tid != 0) continue;
-            const int nch = chunks_of(tile), x0 = (tile.x >= 0 ? tile.x : h / a.group) * D;
+            const int nch = chunks_of(tile, 0), x0 = (tile.x >= 0 ? tile.x : h / a.group) * D;
             for (int ci = 0; ci < nch; ci++, s++, put.next()) {
                 if (s >= NS) mbar_wait(&empty[put.st], put.ph ^ 1);
                 const int key = tile.y + ci * BN;
@@ -542,7 +572,9 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
             /* Q buffer n % NQ free: both consumers have read tile n - NQ's Q */
             if (n >= NQ) mbar_wait(&qempty[n % NQ], (n / NQ - 1) & 1);
             const int4 tile = tile_of(n);
-            const int nch = chunks_of(tile), h = -1 - tile.x, hk = tile.x >= 0 ? tile.x : h / a.group;
+            const int32_t *ub = UN ? union_of(n) : NULL;
+            const int nu = UN ? ub[0] : 0, cpb = a.B / BN, hch = nu * cpb;
+            const int nch = chunks_of(tile, nu), h = -1 - tile.x, hk = tile.x >= 0 ? tile.x : h / a.group;
             for (int ci = 0; ci < nch; ci++, s++, put.next()) {
                 if (s >= NS) mbar_wait(&empty[put.st], put.ph ^ 1);
                 if (ci == 0) {
@@ -555,7 +587,10 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
                                                         (int64_t)a.Hq * D, tile.w - w * ROWS, ptid);
                     }
                 }
-                const int key = tile.y + ci * BN, valid = tile.x >= 0 ? BN : min(BN, tile.z + tile.w - key);
+                /* UN: chunk ci < hch is chunk ci % cpb of union block ub[2 + ci / cpb] (whole: it is history) */
+                const int key = UN && ci < hch ? tile.y + (ub[2 + ci / cpb] - ub[1]) * a.B + ci % cpb * BN
+                                               : tile.y + (ci - hch) * BN;
+                const int valid = tile.x >= 0 || ci < hch ? BN : min(BN, tile.z + tile.w - key);
                 const int64_t off = ((int64_t)key * a.Hkv + hk) * D;
                 load_sw128<D, BN, T, 128>(sK + put.st * KV_BYTES, kg + off, kv_stride, valid, ptid);
                 load_sw128<D, BN, T, 128>(sV + put.st * KV_BYTES, vg + off, kv_stride, valid, ptid);
@@ -607,12 +642,46 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
         int slot0 = 0, slot1 = 0;
         if (tile.x >= 0) partial_slots(a.plist + tile.z, row0, tile.w, slot0, slot1);
         const bool own = tile.x < 0;
-        const int nch = chunks_of(tile);
+        /* UN: nu union blocks (hch chunks) before the own block. Lane state for its two rows r: the next
+         * entry of the row's selection (snxt, at spos) and whether it took the current union block (tk);
+         * bnext is the next union block. The loads for a block are issued at the block before it. */
+        const int32_t *ub = UN ? union_of(n) : NULL;
+        const int nu = UN ? ub[0] : 0, cpb = a.B / BN, hch = nu * cpb;
+        const int32_t *tsel[2] = {NULL, NULL};
+        int spos[2] = {0, 0}, snxt[2] = {INT_MAX, INT_MAX}, bnext = -1;
+        bool tk[2] = {false, false};
+        if (UN) {
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+                tsel[rr] = a.sel + ((int64_t)(-1 - tile.x) * a.total + tile.z + row0 + 8 * rr) * a.stride;
+                snxt[rr] = row0 + 8 * rr < tile.w ? __ldg(tsel[rr]) : INT_MAX;
+            }
+            bnext = nu > 0 ? ub[2] : -1;
+        }
+        const int nch = chunks_of(tile, nu);
         /* own-block tile: this lane's rows sit at block positions qpos, qpos + 8; the warpgroup's first
          * row at wpos; chunks past its last row are skipped, those reaching past its first are masked.
          * A warpgroup with no rows in the tile (64 or fewer) skips every chunk. */
         const int wpos = tile.z - tile.y + cw * ROWS, qpos = tile.z - tile.y + row0;
-        const int last = cw * ROWS >= tile.w ? -1 : !own ? nch - 1 : min(nch - 1, (wpos + ROWS - 1) / BN);
+        const int last = cw * ROWS >= tile.w ? -1 : !own ? nch - 1 : min(nch - 1, hch + (wpos + ROWS - 1) / BN);
+        /* item k's row masks (take), causal mask (diag) and first key column in its block (kcol) */
+        auto item = [&](int k, bool &t0, bool &t1, bool &dg, int &kcol) {
+            if (UN && k < hch) {
+                if (k % cpb == 0) { /* a new union block: who takes it, and the loads for the next one */
+                    const int b = bnext, bi = k / cpb;
+#pragma unroll
+                    for (int rr = 0; rr < 2; rr++) {
+                        tk[rr] = snxt[rr] == b;
+                        if (tk[rr]) snxt[rr] = __ldg(tsel[rr] + ++spos[rr]);
+                    }
+                    bnext = bi + 1 < nu ? ub[3 + bi] : -1;
+                }
+                t0 = tk[0], t1 = tk[1], dg = false, kcol = 0;
+            } else {
+                kcol = (k - hch) * BN;
+                t0 = t1 = true, dg = own && kcol + BN - 1 > wpos;
+            }
+        };
         const uint64_t q_desc = desc_add(q_desc0, (n % NQ) * Q16);
         attn_state_init(m, l, acc);
         if (last >= 0) {
@@ -634,7 +703,10 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
                 turn_end();
                 wg_wait<0>();
                 fence_regs<BN / 2>(&sc[0][0]);
-                softmax_update(sc, m, l, alpha, true, true, own && BN - 1 > wpos, 2 * c, qpos, a.scale_log2);
+                bool t0, t1, dg;
+                int kcol;
+                item(0, t0, t1, dg, kcol);
+                softmax_update(sc, m, l, alpha, t0, t1, dg, kcol + 2 * c, qpos, a.scale_log2);
                 pack_p<T>(sc, pa);
             }
             int prev = r.st; /* the stage whose P V is still to be issued */
@@ -650,9 +722,10 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
                 turn_end();
                 wg_wait<1>();
                 fence_regs<BN / 2>(&sc[0][0]);
-                const int kcol = k * BN;
-                softmax_update(sc, m, l, alpha, true, true, own && kcol + BN - 1 > wpos, kcol + 2 * c, qpos,
-                               a.scale_log2);
+                bool t0, t1, dg;
+                int kcol;
+                item(k, t0, t1, dg, kcol);
+                softmax_update(sc, m, l, alpha, t0, t1, dg, kcol + 2 * c, qpos, a.scale_log2);
                 wg_wait<0>();
                 fence_regs<D / 2>(&acc[0][0]);
                 pack_p<T>(sc, pa);
@@ -709,6 +782,11 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
 template <typename T, int D, bool PP, bool QR, int NQ>
 __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArgs a) {
     kbm_attend_ws<T, D, SM90_BN, PP, QR, NQ, false>(a, NULL, NULL);
+}
+/* Union tiles (forward.h: kbm_ulist): the units that were not handed off, in the default configuration. */
+template <typename T, int D>
+__global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_union_ws_kernel(KbmArgs a) {
+    kbm_attend_ws<T, D, SM90_BN, false, true, 1, false, true>(a, NULL, NULL);
 }
 /* The TMA variant (128-key stages: the default where it applies; 64-key stages: MOBA_CUDA_KBM_TMA=1): Q in
  * registers, one Q buffer, no ping-pong. The tensor maps are kernel parameters (__grid_constant__: TMA reads them in place). */
@@ -909,6 +987,20 @@ size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off) 
     off = align256(off + sizeof(float) * (size_t)cap);
     plan->kpart_o = off;
     off = align256(off + (size_t)(es * D) * (size_t)cap);
+    /* union tiles (forward.h: kbm_ulist), opt-in (MOBA_CUDA_KBM_UNION=1: written, compiled, not yet run on
+     * a GPU - docs/cuda.md, v23): where a tile may stay (0 <= kbm_min_union <= KBM_UNION_MAX) */
+    const int mu = kbm_min_union(c);
+    const char *ue = getenv("MOBA_CUDA_KBM_UNION");
+    plan->kunion = ue && *ue == '1' && mu >= 0 && mu <= KBM_UNION_MAX ? mu + 2 : 0;
+    if (plan->kunion) {
+        const size_t units = (size_t)(p->num_q_heads * plan->num_ftiles);
+        plan->kublk = off;
+        off = align256(off + sizeof(int32_t) * units * (size_t)plan->kunion);
+        plan->kqlist = off;
+        off = align256(off + sizeof(int64_t) * units);
+        plan->knuq = off;
+        off = align256(off + sizeof(int32_t));
+    }
     return off;
 }
 
@@ -1019,6 +1111,14 @@ static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmAr
     kbm_passes_kernel<<<1, KBM_SCAN_THREADS, 0, (cudaStream_t)c->p->cuda_stream>>>(a, units, plan->kstep,
                                                                                    plan->knpasses);
     MOBA_CUDA_LAUNCHED();
+    if (a.ublk) { /* the units not handed off, as union tiles (before the passes: they share no rows) */
+        const size_t smem = KbmWsLayout<D, SM90_BN, 1, KBM_WS_STAGES(1), false>::bytes;
+        const int64_t ctas = units < a.ws_ctas ? units : a.ws_ctas;
+        MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_union_ws_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)smem));
+        kbm_union_ws_kernel<T, D><<<(unsigned)ctas, KBM_WS_THREADS, smem, (cudaStream_t)c->p->cuda_stream>>>(a);
+        MOBA_CUDA_LAUNCHED();
+    }
     /* zero once: a pass leaves the counts at 0 (the scan resets them, the scatter's cursors are off) */
     MOBA_CUDA_TRY(cudaMemsetAsync(a.cnt, 0, sizeof(int32_t) * (size_t)a.ng, (cudaStream_t)c->p->cuda_stream));
     for (int64_t q = 0; q < plan->knpasses; q++) {
@@ -1071,6 +1171,12 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     a.scale_log2 = f.scale_log2;
     a.ws_ctas = f.kbm_ws_ctas;
     a.own = f.kbm_own;
+    if (f.kbm_ulist) {
+        a.ublk = f.kbm_ulist;
+        a.ustride = f.kbm_ustride;
+        a.qlist = (int64_t *)(w + plan->kqlist);
+        a.nuq = (int32_t *)(w + plan->knuq);
+    }
     /* ping-pong consumers (MOBA_CUDA_KBM_PP=1): off by default, 1-4% slower in every same-run
      * comparison on the H200 (docs/cuda.md, v10b and v13) */
     const char *e = getenv("MOBA_CUDA_KBM_PP");

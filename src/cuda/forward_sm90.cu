@@ -160,7 +160,19 @@ __global__ void __launch_bounds__(128) kbm_decide_kernel(FwdArgs a) {
     extern __shared__ uint32_t decide_bitmap[];
     const moba_tile tile = a.dl.ftiles[blockIdx.x];
     build_union(a, tile, (int)blockIdx.y, decide_bitmap, (int)threadIdx.x, 128);
-    kbm_decide(a, tile, blockIdx.x, (int)blockIdx.y, decide_bitmap, (int)threadIdx.x, 128);
+    const bool off = kbm_decide(a, tile, blockIdx.x, (int)blockIdx.y, decide_bitmap, (int)threadIdx.x, 128);
+    if (a.kbm_ulist && !off && threadIdx.x == 0) { /* a union tile's list: n <= kbm_min_union history blocks */
+        int32_t *out = a.kbm_ulist + ((int64_t)blockIdx.y * a.dl.num_ftiles + blockIdx.x) * a.kbm_ustride;
+        const int j = tile.block;
+        int n = 0;
+        for (int w = 0; w <= j / 32; w++)
+            for (uint32_t bits = decide_bitmap[w]; bits; bits &= bits - 1) {
+                const int b = w * 32 + __ffs(bits) - 1;
+                if (b < j) out[2 + n++] = b;
+            }
+        out[0] = n;
+        out[1] = j;
+    }
 }
 
 static moba_status launch_kbm_decide(const moba_call *c, const FwdArgs &a) {
@@ -203,7 +215,7 @@ int moba_cuda_sm90_applies(const moba_call *c) { return c->p->block_size % SM90_
 moba_status moba_cuda_forward_sm90(const moba_call *c, const FwdArgs &a) {
     if (a.kbm_pre) {
         moba_status st = launch_kbm_decide(c, a);
-        if (st != MOBA_OK) return st;
+        if (st != MOBA_OK || a.kbm_ulist) return st; /* union tiles: forward_kbm.cu does every tile */
     }
     int d = c->p->head_dim;
     if (c->p->dtype == MOBA_DTYPE_BF16)
