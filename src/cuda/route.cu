@@ -140,8 +140,19 @@ __device__ __forceinline__ long long scan_to_cand(int ok, int blk) {
 
 /* KMAX > 0: lists of up to KMAX entries in registers, two threads per row (halves of each chunk),
  * merged at the end. KMAX == 0: one thread per row, lists in shared or global memory (any top_k). */
+/* Shared memory: the Q tile, then two centroid chunks, then the list thresholds (and lists). The scores
+ * [64][65] floats lie over the Q tile: Q is in registers before the first scores are stored (a barrier in
+ * between), and the smaller footprint (52 KiB at D = 128) with <= 128 registers fits 4 CTAs per SM, not 3. */
+template <typename T, int D> struct RouteSmem {
+    static constexpr size_t q = (size_t)MOBA_TILE_ROWS * (D + 8) * sizeof(T);
+    static constexpr size_t s = (size_t)MOBA_TILE_ROWS * 65 * sizeof(float);
+    static constexpr size_t cent = q > s ? q : s;
+    static constexpr size_t thr = cent + (size_t)2 * ROUTE_CHUNK * (D + 8) * sizeof(T);
+    static constexpr size_t bytes = thr + (size_t)MOBA_TILE_ROWS * 4 * sizeof(float); /* + lists, if in smem */
+};
+
 template <typename T, int D, int KMAX>
-__global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
+__global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
     const moba_tile tile = a.dl.tiles[blockIdx.x];
     const int h = blockIdx.y, hk = h / a.group, tid = threadIdx.x;
@@ -154,9 +165,9 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
     }
 
     T *sQ = reinterpret_cast<T *>(smem);
-    T *sC = sQ + MOBA_TILE_ROWS * (D + 8);                                   /* [2][64][D + 8] */
-    float *sS = reinterpret_cast<float *>(sC + 2 * ROUTE_CHUNK * (D + 8)); /* [64][65] */
-    float *sThr = sS + MOBA_TILE_ROWS * 65; /* [2][2][64]: (chunk parity, half, row) list thresholds */
+    float *sS = reinterpret_cast<float *>(smem);                               /* [64][65], over sQ */
+    T *sC = reinterpret_cast<T *>(smem + RouteSmem<T, D>::cent);              /* [2][64][D + 8] */
+    float *sThr = reinterpret_cast<float *>(smem + RouteSmem<T, D>::thr); /* [2][2][64]: (chunk parity, half, row) list thresholds */
     int2 *list = a.glists ? a.glists + ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * MOBA_TILE_ROWS * k1
                           : reinterpret_cast<int2 *>(sThr + 4 * MOBA_TILE_ROWS);
     /* list[i * 64 + row] = (order key, block): row fastest, so the row threads hit distinct banks */
@@ -194,7 +205,8 @@ __global__ void __launch_bounds__(128) route_kernel(RouteArgs a) {
     for (int ci = 0; ci < nchunks; ci++) {
         const int c0 = ci * ROUTE_CHUNK, valid = min(ROUTE_CHUNK, j - c0);
         moba_cp_async_wait<0>();
-        __syncthreads(); /* chunk ci has landed; the last scan of sS and reads of the other buffer are done */
+        __syncthreads(); /* chunk ci has landed; the last scan of sS (at ci = 0: the Q loads from the same
+                          * bytes) and reads of the other buffer are done */
         if (ci + 1 < nchunks) load_chunk(ci + 1); /* lands while this chunk is scored and scanned */
         const T *cbuf = sC + (ci & 1) * ROUTE_CHUNK * (D + 8);
 
@@ -384,8 +396,7 @@ static moba_status launch_route(const moba_call *c, const moba_cuda_plan *plan, 
     a.glists = plan->lists_in_global ? reinterpret_cast<int2 *>((char *)ws + plan->topk_lists) : NULL;
     const char *e = getenv("MOBA_CUDA_ROUTE_SORT");
     a.sort_first = !(e && e[0] == '0');
-    size_t smem = (size_t)(MOBA_TILE_ROWS + 2 * ROUTE_CHUNK) * (D + 8) * sizeof(T) +
-                  (size_t)MOBA_TILE_ROWS * (65 + 4) * sizeof(float);
+    size_t smem = RouteSmem<T, D>::bytes;
     dim3 grid((unsigned)plan->num_tiles, p->num_q_heads);
     if (a.k1 <= 4) return launch_route_k<T, D, 4>(a, grid, smem, stream);
     if (a.k1 <= 16) return launch_route_k<T, D, 16>(a, grid, smem, stream);
