@@ -57,6 +57,14 @@ def main():
     for case, kind in ((int(c), k) for c in args.cases.split(",") for k in args.kind.split(",")):
         n, h, block, topk, _ = bf.TARGETS[case]
         fc = bf.ForwardCase(lib, n, h, block, topk, kind)
+        # the forward's workspace: the most any set asks for (a switch or another build may need more)
+        need = 0
+        for s in sets:
+            apply(s)
+            need = max(need, bf.workspace_bytes(set_lib[s], fc.p, bf.OP_FORWARD))
+        if need > fc.ws_bytes:
+            fc.ws_bytes = need
+            fc.ws = torch.empty(need, device="cuda", dtype=torch.uint8)
         qd, kd, vd = (bf.sdpa_layout(x) for x in (fc.q, fc.k, fc.v))
         if args.op == "forward":
             def dense():
