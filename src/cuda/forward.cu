@@ -234,8 +234,8 @@ static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan 
         if (plan->kbm && plan->kptot > 0 && sm90) {
             a.kbm_flags = (int32_t *)((char *)ws + plan->kflags);
             moba_cuda_kbm_setup(c, &a);
-            /* the tiles that stay as union tiles of the warp-specialised kernel (forward.h; opt-in,
-             * MOBA_CUDA_KBM_UNION=1, read by the plan: not yet run on a GPU, docs/cuda.md v23) */
+            /* the tiles that stay as union tiles of the warp-specialised kernel (forward.h; the default
+             * since v24, MOBA_CUDA_KBM_UNION=0 switches them off, read by the plan: docs/cuda.md) */
             if (a.kbm_pre && plan->kunion) {
                 a.kbm_ulist = (int32_t *)((char *)ws + plan->kublk);
                 a.kbm_ustride = plan->kunion;

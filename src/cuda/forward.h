@@ -31,8 +31,8 @@ struct FwdArgs {
     /* with kbm_pre: the tiles not handed off are union tiles of the warp-specialised kernel
      * (forward_kbm.cu), not the query-tile-major kernel's; kbm_decide_kernel writes each one's union to
      * kbm_ulist[(h * num_ftiles + f) * kbm_ustride]: history blocks n, own block j, the n blocks
-     * ascending. NULL (the default; MOBA_CUDA_KBM_UNION=1 and a min_union of at most 64 set it): the
-     * query-tile-major kernel. */
+     * ascending (set where min_union is at most 64, unless MOBA_CUDA_KBM_UNION=0). NULL: the
+     * query-tile-major kernel does those tiles. */
     int32_t *kbm_ulist;
     int kbm_ustride;
 };

@@ -987,11 +987,12 @@ size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off) 
     off = align256(off + sizeof(float) * (size_t)cap);
     plan->kpart_o = off;
     off = align256(off + (size_t)(es * D) * (size_t)cap);
-    /* union tiles (forward.h: kbm_ulist), opt-in (MOBA_CUDA_KBM_UNION=1: written, compiled, not yet run on
-     * a GPU - docs/cuda.md, v23): where a tile may stay (0 <= kbm_min_union <= KBM_UNION_MAX) */
+    /* union tiles (forward.h: kbm_ulist; v24's default, MOBA_CUDA_KBM_UNION=0 leaves the tiles to the
+     * query-tile-major kernel as before - docs/cuda.md): where a tile may stay (0 <= kbm_min_union <=
+     * KBM_UNION_MAX) */
     const int mu = kbm_min_union(c);
     const char *ue = getenv("MOBA_CUDA_KBM_UNION");
-    plan->kunion = ue && *ue == '1' && mu >= 0 && mu <= KBM_UNION_MAX ? mu + 2 : 0;
+    plan->kunion = !(ue && *ue == '0') && mu >= 0 && mu <= KBM_UNION_MAX ? mu + 2 : 0;
     if (plan->kunion) {
         const size_t units = (size_t)(p->num_q_heads * plan->num_ftiles);
         plan->kublk = off;

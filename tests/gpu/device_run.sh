@@ -8,8 +8,8 @@
 #   off, some not: passes the device cuts from a mixed list, empty ones among them); MOBA_CUDA_NO_WGMMA=1 =
 #   portable kernel only; MOBA_CUDA_ROUTE_SORT=0 = routing's first chunk by insertions, not a sorting network;
 #   MOBA_CUDA_KBM_DECIDE=0 = the hand-off decided inside the query-tile-major kernel, not ahead of it;
-#   MOBA_CUDA_KBM_UNION=1 = the tiles not handed off done as union tiles of the warp-specialised kernel (opt-in),
-#   that with MOBA_CUDA_KBM_RATIO=6 (more and larger unions stay) in 1-unit passes;
+#   MOBA_CUDA_KBM_UNION=0 = the tiles not handed off done by the query-tile-major kernel, not as union tiles of
+#   the warp-specialised kernel (the default since v24); MOBA_CUDA_KBM_RATIO=6 (more and larger unions stay) in 1-unit passes;
 #   MOBA_CUDA_KBM=1 = every routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1,
 #   and both with MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default for B >= 128;
 #   K/V by TMA in 128-key stages where B >= 1024 is a multiple of 128), that with its variants:
@@ -41,8 +41,8 @@ DEFAULT_TEST_MODES+=";MOBA_CUDA_NO_WGMMA=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_ROUTE_SORT=0"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_DECIDE=0"
-DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_UNION=1"
-DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_UNION=1 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_UNION=0"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1"
@@ -57,7 +57,7 @@ DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0 MO
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PP=1"
 DEFAULT_SAN_MODES="MOBA_CUDA_DEFAULT=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_PAIRS=1"
-DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_UNION=1 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
+DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_TMA=0 MOBA_CUDA_KBM_PAIRS=1"
@@ -68,7 +68,7 @@ DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0 MOB
 # ~200 KiB of shared memory for racecheck to shadow, and the process was killed (SIGKILL, 2026-12-07); racecheck
 # looks at shared memory within a CTA, which the pass size does not change (RACE_MODES replaces these)
 DEFAULT_RACE_MODES="MOBA_CUDA_DEFAULT=1"
-DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM_UNION=1 MOBA_CUDA_KBM_RATIO=6"
+DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM_RATIO=6"
 DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM=1"
 DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1"
 DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_TMA=0"
