@@ -138,8 +138,6 @@ __device__ __forceinline__ long long scan_to_cand(int ok, int blk) {
     return cand_key(ok == INT_MIN + 1 ? INT_MIN : ok, blk);
 }
 
-/* KMAX > 0: lists of up to KMAX entries in registers, two threads per row (halves of each chunk),
- * merged at the end. KMAX == 0: one thread per row, lists in shared or global memory (any top_k). */
 /* Shared memory: the Q tile, then two centroid chunks, then the list thresholds (and lists). The scores
  * [64][65] floats lie over the Q tile: Q is in registers before the first scores are stored (a barrier in
  * between), and the smaller footprint (52 KiB at D = 128) with <= 128 registers fits 4 CTAs per SM, not 3. */
@@ -151,6 +149,8 @@ template <typename T, int D> struct RouteSmem {
     static constexpr size_t bytes = thr + (size_t)MOBA_TILE_ROWS * 4 * sizeof(float); /* + lists, if in smem */
 };
 
+/* KMAX > 0: lists of up to KMAX entries in registers, two threads per row (halves of each chunk),
+ * merged at the end. KMAX == 0: one thread per row, lists in shared or global memory (any top_k). */
 template <typename T, int D, int KMAX>
 __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
@@ -167,7 +167,8 @@ __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
     T *sQ = reinterpret_cast<T *>(smem);
     float *sS = reinterpret_cast<float *>(smem);                               /* [64][65], over sQ */
     T *sC = reinterpret_cast<T *>(smem + RouteSmem<T, D>::cent);              /* [2][64][D + 8] */
-    float *sThr = reinterpret_cast<float *>(smem + RouteSmem<T, D>::thr); /* [2][2][64]: (chunk parity, half, row) list thresholds */
+    /* [2][2][64]: (chunk parity, half, row) list thresholds */
+    float *sThr = reinterpret_cast<float *>(smem + RouteSmem<T, D>::thr);
     int2 *list = a.glists ? a.glists + ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * MOBA_TILE_ROWS * k1
                           : reinterpret_cast<int2 *>(sThr + 4 * MOBA_TILE_ROWS);
     /* list[i * 64 + row] = (order key, block): row fastest, so the row threads hit distinct banks */
