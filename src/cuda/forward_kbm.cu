@@ -668,18 +668,20 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
          * A warpgroup with no rows in the tile (64 or fewer) skips every chunk. */
         const int wpos = tile.z - tile.y + cw * ROWS, qpos = tile.z - tile.y + row0;
         const int last = cw * ROWS >= tile.w ? -1 : !own ? nch - 1 : min(nch - 1, hch + (wpos + ROWS - 1) / BN);
+        /* at chunk k, the first of a union block: who takes it, and the loads for the next one */
+        auto block_start = [&](int k) {
+            const int b = bnext, bi = k / cpb;
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+                tk[rr] = snxt[rr] == b;
+                if (tk[rr]) snxt[rr] = __ldg(tsel[rr] + ++spos[rr]);
+            }
+            bnext = bi + 1 < nu ? ub[3 + bi] : -1;
+        };
         /* item k's row masks (take), causal mask (diag) and first key column in its block (kcol) */
         auto item = [&](int k, bool &t0, bool &t1, bool &dg, int &kcol) {
             if (UN && k < hch) {
-                if (!SK && k % cpb == 0) { /* a new union block: who takes it, and the loads for the next one */
-                    const int b = bnext, bi = k / cpb;
-#pragma unroll
-                    for (int rr = 0; rr < 2; rr++) {
-                        tk[rr] = snxt[rr] == b;
-                        if (tk[rr]) snxt[rr] = __ldg(tsel[rr] + ++spos[rr]);
-                    }
-                    bnext = bi + 1 < nu ? ub[3 + bi] : -1;
-                }
+                if (!SK && k % cpb == 0) block_start(k); /* SK: skip_of did it */
                 t0 = tk[0], t1 = tk[1], dg = false, kcol = 0;
             } else {
                 kcol = (k - hch) * BN;
@@ -687,20 +689,14 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
             }
         };
         /* SK: called once for every chunk k <= last, in order, before the chunk is waited for: at a new
-         * union block the update item() does without SK, and whether this warpgroup's rows took the block
-         * (mcur bit cw); true: the warpgroup skips chunk k */
+         * union block its update, and whether this warpgroup's rows took the block (mcur bit cw); true:
+         * the warpgroup skips chunk k */
         auto skip_of = [&](int k) {
             if (!SK || k >= hch) return false;
             if (k % cpb == 0) {
-                const int b = bnext, bi = k / cpb;
-#pragma unroll
-                for (int rr = 0; rr < 2; rr++) {
-                    tk[rr] = snxt[rr] == b;
-                    if (tk[rr]) snxt[rr] = __ldg(tsel[rr] + ++spos[rr]);
-                }
-                bnext = bi + 1 < nu ? ub[3 + bi] : -1;
+                block_start(k);
                 mcur = mnext;
-                mnext = bi + 1 < nu ? ub[a.umask + bi + 1] : 0;
+                mnext = k / cpb + 1 < nu ? ub[a.umask + k / cpb + 1] : 0;
             }
             return !(mcur >> cw & 1);
         };
