@@ -701,18 +701,29 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
             return !(mcur >> cw & 1);
         };
         const uint64_t q_desc = desc_add(q_desc0, (n % NQ) * Q16);
+        /* the P V of stage st with nothing after it (a tile's last, or with SK the last before a skip):
+         * issued, waited for, the stage released */
+        auto pv_alone = [&](int st) {
+            rescale_acc(acc, alpha);
+            turn_begin();
+            sm90_issue_pv_desc<T, D, BN>(desc_add(v_desc0, st * KV16), acc, pa);
+            turn_end();
+            wg_wait<0>();
+            fence_regs<D / 2>(&acc[0][0]);
+            mbar_arrive(&empty[st]);
+        };
+        /* SK: a chunk this warpgroup does not take, released once full (an arrival before then could
+         * count towards the stage's previous use) */
+        auto release = [&]() {
+            mbar_wait(&full[r.st], r.ph);
+            mbar_arrive(&empty[r.st]);
+            r.next();
+        };
         attn_state_init(m, l, acc);
         if (last >= 0) {
-            /* SK: the chunks before the first one this warpgroup takes are released once full (an
-             * arrival before then could count towards the stage's previous use) */
-            int k0 = 0;
+            int k0 = 0; /* SK: the first chunk this warpgroup takes; those before it are released */
             if (SK)
-                while (skip_of(k0)) {
-                    mbar_wait(&full[r.st], r.ph);
-                    mbar_arrive(&empty[r.st]);
-                    r.next();
-                    k0++;
-                }
+                for (; skip_of(k0); k0++) release();
             mbar_wait(&full[r.st], r.ph);
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
             if (QR) {
@@ -744,23 +755,17 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
                 if (SK && skip_of(k)) {
                     /* Issue the pending P V and free its stage first: holding it while skipping, this
                      * warpgroup would block the producer once it comes round to that stage again */
-                    if (pend) {
-                        rescale_acc(acc, alpha);
-                        sm90_issue_pv_desc<T, D, BN>(desc_add(v_desc0, prev * KV16), acc, pa);
-                        wg_wait<0>();
-                        fence_regs<D / 2>(&acc[0][0]);
-                        mbar_arrive(&empty[prev]);
-                        pend = false;
-                    }
-                    mbar_wait(&full[r.st], r.ph);
-                    mbar_arrive(&empty[r.st]);
-                    r.next();
+                    if (pend) pv_alone(prev);
+                    pend = false;
+                    release();
                     continue;
                 }
                 mbar_wait(&full[r.st], r.ph);
                 asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
                 float sc[BN / 8][4];
-                if (SK && !pend) { /* the first chunk after a skip: S alone, as at the tile's start */
+                /* the first chunk after a skip: S alone, as at the tile's start (written out twice: as one
+                 * lambda for both, ptxas spilled 88-120 bytes in the default kernels at d = 128) */
+                if (SK && !pend) {
                     issue_s(q_desc, desc_add(k_desc0, r.st * KV16), sc);
                     wg_wait<0>();
                     fence_regs<BN / 2>(&sc[0][0]);
@@ -793,13 +798,7 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
                 r.next();
             }
             if (!QR) mbar_arrive(&qempty[n % NQ]); /* every S of the tile is done */
-            rescale_acc(acc, alpha);
-            turn_begin();
-            sm90_issue_pv_desc<T, D, BN>(desc_add(v_desc0, prev * KV16), acc, pa);
-            turn_end();
-            wg_wait<0>();
-            fence_regs<D / 2>(&acc[0][0]);
-            mbar_arrive(&empty[prev]);
+            pv_alone(prev);
         } else {
             turn_begin(); /* the turn of the last P V */
             turn_end();
