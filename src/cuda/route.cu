@@ -20,6 +20,7 @@
 #include <limits.h>
 
 #include "cuda.h"
+#include "route_lists.h"
 
 #define ROUTE_CHUNK 64                      /* centroids scored per step           */
 #define ROUTE_SMEM_LIST_MAX (96 * 1024)     /* candidate lists above this: global  */
@@ -127,7 +128,8 @@ __device__ __forceinline__ void reg_insert32(int (&ok)[KMAX], int (&bl)[KMAX], i
     bl[0] = take[0] ? blk : bl[0];
 }
 /* The score a scan-list key stands for, as a threshold: -inf for an empty slot or a NaN (nothing may be
- * rejected by a float compare then), else the float whose order key it is (order_key inverted). */
+ * rejected by a float compare then), else the float whose order key it is (order_key inverted). A key
+ * cut to its high bits (route_lists.h) below -inf's comes out as a NaN, which rejects nothing either. */
 __device__ __forceinline__ float scan_key_score(int key) {
     return key == INT_MIN || key == INT_MIN + 1 ? -INFINITY : __int_as_float(key >= 0 ? key : key ^ 0x7fffffff);
 }
@@ -138,20 +140,24 @@ __device__ __forceinline__ long long scan_to_cand(int ok, int blk) {
     return cand_key(ok == INT_MIN + 1 ? INT_MIN : ok, blk);
 }
 
-/* Shared memory: the Q tile, then two centroid chunks, then the list thresholds (and lists). The scores
- * [64][65] floats lie over the Q tile: Q is in registers before the first scores are stored (a barrier in
- * between), and the smaller footprint (52 KiB at D = 128) with <= 128 registers fits 4 CTAs per SM, not 3. */
-template <typename T, int D> struct RouteSmem {
+/* Shared memory: the Q tile, then two centroid chunks, then the list thresholds (RT: the lists as
+ * published, 4 KiB) and the lists, if in shared memory. The scores [64][65] floats lie over the Q tile: Q
+ * is in registers before the first scores are stored (a barrier in between), and the smaller footprint
+ * (52 KiB at D = 128; RT 55 KiB) with <= 128 registers fits 4 CTAs per SM, not 3. */
+template <typename T, int D, bool RT> struct RouteSmem {
     static constexpr size_t q = (size_t)MOBA_TILE_ROWS * (D + 8) * sizeof(T);
     static constexpr size_t s = (size_t)MOBA_TILE_ROWS * 65 * sizeof(float);
     static constexpr size_t cent = q > s ? q : s;
     static constexpr size_t thr = cent + (size_t)2 * ROUTE_CHUNK * (D + 8) * sizeof(T);
-    static constexpr size_t bytes = thr + (size_t)MOBA_TILE_ROWS * 4 * sizeof(float); /* + lists, if in smem */
+    static constexpr size_t bytes = thr + (RT ? (size_t)2 * 16 * MOBA_TILE_ROWS * sizeof(uint16_t)
+                                              : (size_t)MOBA_TILE_ROWS * 4 * sizeof(float)); /* lists after */
 };
 
 /* KMAX > 0: lists of up to KMAX entries in registers, two threads per row (halves of each chunk),
- * merged at the end. KMAX == 0: one thread per row, lists in shared or global memory (any top_k). */
-template <typename T, int D, int KMAX>
+ * merged at the end; RT: the scan's threshold is the row's (route_lists.h), not the higher of the two
+ * halves' own (opt-in, MOBA_CUDA_ROUTE_ROWTHR=1, until measured). KMAX == 0: one thread per row, lists
+ * in shared or global memory (any top_k). */
+template <typename T, int D, int KMAX, bool RT>
 __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
     const moba_tile tile = a.dl.tiles[blockIdx.x];
@@ -166,11 +172,13 @@ __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
 
     T *sQ = reinterpret_cast<T *>(smem);
     float *sS = reinterpret_cast<float *>(smem);                               /* [64][65], over sQ */
-    T *sC = reinterpret_cast<T *>(smem + RouteSmem<T, D>::cent);              /* [2][64][D + 8] */
-    /* [2][2][64]: (chunk parity, half, row) list thresholds */
-    float *sThr = reinterpret_cast<float *>(smem + RouteSmem<T, D>::thr);
+    T *sC = reinterpret_cast<T *>(smem + RouteSmem<T, D, RT>::cent);          /* [2][64][D + 8] */
+    /* [2][2][64]: (chunk parity, half, row) list thresholds; RT: [2][KR][64] (half, slot, row) the
+     * register lists as published */
+    float *sThr = reinterpret_cast<float *>(smem + RouteSmem<T, D, RT>::thr);
+    uint16_t *sPub = reinterpret_cast<uint16_t *>(sThr);
     int2 *list = a.glists ? a.glists + ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * MOBA_TILE_ROWS * k1
-                          : reinterpret_cast<int2 *>(sThr + 4 * MOBA_TILE_ROWS);
+                          : reinterpret_cast<int2 *>(smem + RouteSmem<T, D, RT>::bytes);
     /* list[i * 64 + row] = (order key, block): row fastest, so the row threads hit distinct banks */
 
     const T *q = reinterpret_cast<const T *>(a.q);
@@ -209,6 +217,9 @@ __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
         __syncthreads(); /* chunk ci has landed; the last scan of sS (at ci = 0: the Q loads from the same
                           * bytes) and reads of the other buffer are done */
         if (ci + 1 < nchunks) load_chunk(ci + 1); /* lands while this chunk is scored and scanned */
+        if (RT && KMAX > 0 && ci > 0 && tid % MOBA_TILE_ROWS < rows) /* the lists after chunk ci - 1 */
+            route_publish(sok, KR, sPub + (tid / MOBA_TILE_ROWS) * KR * MOBA_TILE_ROWS + tid % MOBA_TILE_ROWS,
+                          MOBA_TILE_ROWS);
         const T *cbuf = sC + (ci & 1) * ROUTE_CHUNK * (D + 8);
 
         float s[ROUTE_CHUNK / 8][4];
@@ -243,13 +254,18 @@ __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
              * The threshold is the higher of the two halves' (the other half's from the chunk before, in
              * the other parity's slot): a score below the k1-th best of either half is beaten by k1
              * scores of the row and cannot be chosen, so each list sees about the row's candidates, not
-             * its half's. A list may then stay short, but the merged one has the row's best k1. */
+             * its half's. A list may then stay short, but the merged one has the row's best k1.
+             * RT: the row's (route_lists.h: this list and the other half's as published after the chunk
+             * before), which in a model of random rows lets ~30% fewer insertions through. */
             const int row = tid % MOBA_TILE_ROWS, half = tid / MOBA_TILE_ROWS;
             if (row < rows) {
                 const float *mine = sS + row * 65 + half * (ROUTE_CHUNK / 2);
                 const int nmine = valid - half * (ROUTE_CHUNK / 2); /* scores of this half; may be <= 0 */
                 const float thr =
-                    ci > 0 ? fmaxf(thr_f, sThr[((ci - 1) & 1) * 128 + (1 - half) * MOBA_TILE_ROWS + row]) : thr_f;
+                    ci == 0 ? thr_f
+                    : RT    ? scan_key_score(route_row_threshold_key(
+                                  sok, KR, sPub + (1 - half) * KR * MOBA_TILE_ROWS + row, MOBA_TILE_ROWS, k1))
+                            : fmaxf(thr_f, sThr[((ci - 1) & 1) * 128 + (1 - half) * MOBA_TILE_ROWS + row]);
                 uint32_t cand = 0;
                 if (KR == 16 && ci == 0 && a.sort_first) {
                     /* The first chunk passes every score (the list is empty): about 26 of 32 would be
@@ -286,8 +302,10 @@ __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
                     const int key = scan_key(mine[i]);
                     if (key > sok[KR - 1]) reg_insert32<KR>(sok, sbl, key, c0 + half * (ROUTE_CHUNK / 2) + i);
                 }
-                thr_f = scan_key_score(sok[KR - 1]);
-                sThr[(ci & 1) * 128 + half * MOBA_TILE_ROWS + row] = thr_f;
+                if (!RT) {
+                    thr_f = scan_key_score(sok[KR - 1]);
+                    sThr[(ci & 1) * 128 + half * MOBA_TILE_ROWS + row] = thr_f;
+                }
             }
         } else if (tid < rows) {
             const float *mine = sS + tid * 65;
@@ -358,11 +376,12 @@ __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
 
 int moba_cuda_topk_list_fits_smem(int k1) { return (size_t)MOBA_TILE_ROWS * k1 * sizeof(int2) <= ROUTE_SMEM_LIST_MAX; }
 
-template <typename T, int D, int KMAX>
+template <typename T, int D, int KMAX, bool RT>
 static moba_status launch_route_k(const RouteArgs &a, dim3 grid, size_t smem, cudaStream_t stream) {
-    MOBA_CUDA_TRY(cudaFuncSetAttribute(route_kernel<T, D, KMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    smem += RouteSmem<T, D, RT>::bytes;
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(route_kernel<T, D, KMAX, RT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        (int)smem));
-    route_kernel<T, D, KMAX><<<grid, 128, smem, stream>>>(a);
+    route_kernel<T, D, KMAX, RT><<<grid, 128, smem, stream>>>(a);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
 }
@@ -397,12 +416,17 @@ static moba_status launch_route(const moba_call *c, const moba_cuda_plan *plan, 
     a.glists = plan->lists_in_global ? reinterpret_cast<int2 *>((char *)ws + plan->topk_lists) : NULL;
     const char *e = getenv("MOBA_CUDA_ROUTE_SORT");
     a.sort_first = !(e && e[0] == '0');
-    size_t smem = RouteSmem<T, D>::bytes;
+    e = getenv("MOBA_CUDA_ROUTE_ROWTHR");
+    const bool row_thr = e && e[0] == '1';
     dim3 grid((unsigned)plan->num_tiles, p->num_q_heads);
-    if (a.k1 <= 4) return launch_route_k<T, D, 4>(a, grid, smem, stream);
-    if (a.k1 <= 16) return launch_route_k<T, D, 16>(a, grid, smem, stream);
-    if (!a.glists) smem += (size_t)MOBA_TILE_ROWS * a.k1 * sizeof(int2);
-    return launch_route_k<T, D, 0>(a, grid, smem, stream);
+    if (a.k1 <= 4)
+        return row_thr ? launch_route_k<T, D, 4, true>(a, grid, 0, stream)
+                       : launch_route_k<T, D, 4, false>(a, grid, 0, stream);
+    if (a.k1 <= 16)
+        return row_thr ? launch_route_k<T, D, 16, true>(a, grid, 0, stream)
+                       : launch_route_k<T, D, 16, false>(a, grid, 0, stream);
+    size_t lists = a.glists ? 0 : (size_t)MOBA_TILE_ROWS * a.k1 * sizeof(int2);
+    return launch_route_k<T, D, 0, false>(a, grid, lists, stream);
 }
 
 /* Row i of a [Hq][total] selection: its token's own block. */
