@@ -1117,12 +1117,46 @@ static bool kbm_tensor_map(CUtensorMap *m, const void *base, int64_t total, int 
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+/* A second stream for the passes (MOBA_CUDA_KBM_FORK=1): created per call and destroyed at once after the
+ * join is enqueued (CUDA frees a stream's and an event's resources when their work is done), so nothing
+ * outlives the call. open() forks: the side stream waits for what the caller's stream has so far. */
+struct KbmFork {
+    cudaStream_t side = NULL;
+    cudaEvent_t ev = NULL;
+    bool open(cudaStream_t main) {
+        cudaStreamCaptureStatus cap;
+        if (cudaStreamIsCapturing(main, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone) {
+            (void)cudaGetLastError(); /* a graph being captured keeps one stream: no stream made or destroyed */
+            return false;
+        }
+        if (cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) != cudaSuccess ||
+            cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess ||
+            cudaEventRecord(ev, main) != cudaSuccess || cudaStreamWaitEvent(side, ev, 0) != cudaSuccess) {
+            close();
+            (void)cudaGetLastError(); /* no stream: the passes go to the caller's, as without the switch */
+            return false;
+        }
+        return true;
+    }
+    moba_status join(cudaStream_t main) {
+        const bool ok = cudaEventRecord(ev, side) == cudaSuccess && cudaStreamWaitEvent(main, ev, 0) == cudaSuccess;
+        close();
+        return ok ? MOBA_OK : moba_fail(MOBA_ERR_CUDA, "kbm_run: joining the passes' stream failed");
+    }
+    void close() {
+        if (ev) cudaEventDestroy(ev);
+        if (side) cudaStreamDestroy(side);
+        ev = NULL;
+        side = NULL;
+    }
+    ~KbmFork() { close(); }
+};
+
 /* One pass (a.pass, a.s0 set). Its units are known on the device only; units: all of them, for the
  * grids, which are grid-stride and end at once past the pass's units. */
 template <typename T, int D>
-static moba_status kbm_pass(const moba_call *c, const moba_cuda_plan *plan, KbmArgs &a, const KbmTma &tma,
-                            int64_t units) {
-    cudaStream_t stream = (cudaStream_t)c->p->cuda_stream;
+static moba_status kbm_pass(const moba_cuda_plan *plan, KbmArgs &a, const KbmTma &tma, int64_t units,
+                            cudaStream_t stream) {
     const int64_t chunks = (units + KBM_UNITS_PER_CTA - 1) / KBM_UNITS_PER_CTA;
     const unsigned hist_ctas = (unsigned)(chunks < 1024 ? chunks : 1024);
     const size_t hist_bytes = a.tfb <= KBM_HIST_MAX ? sizeof(int) * (size_t)a.tfb : 0;
@@ -1179,26 +1213,42 @@ static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmAr
             tma.mode = tma_mode;
     }
     const int64_t units = (int64_t)c->p->num_q_heads * plan->num_ftiles;
-    kbm_passes_kernel<<<1, KBM_SCAN_THREADS, 0, (cudaStream_t)c->p->cuda_stream>>>(a, units, plan->kstep,
-                                                                                   plan->knpasses);
+    cudaStream_t stream = (cudaStream_t)c->p->cuda_stream;
+    kbm_passes_kernel<<<1, KBM_SCAN_THREADS, 0, stream>>>(a, units, plan->kstep, plan->knpasses);
     MOBA_CUDA_LAUNCHED();
+    /* MOBA_CUDA_KBM_FORK=1 (opt-in, not yet run on a GPU): the passes on a second stream, forked here and
+     * joined at the end, beside the union tiles (they share no rows; both read only what kbm_passes_kernel
+     * wrote before the fork). The host launches the passes that handing off every unit would need, empty
+     * ones included (Design, passes cut on the device): their launches, and with routing locality the
+     * little work they have, then run under the union kernel and its tail instead of after it. */
+    KbmFork fork;
+    const char *fe = getenv("MOBA_CUDA_KBM_FORK");
+    const bool forked = a.ublk && fe && *fe == '1' && fork.open(stream);
+    cudaStream_t pass_stream = forked ? fork.side : stream;
     if (a.ublk) { /* the units not handed off, as union tiles (before the passes: they share no rows) */
         const size_t smem = KbmWsLayout<D, SM90_BN, 1, KBM_WS_STAGES(1), false>::bytes;
         const int64_t ctas = units < a.ws_ctas ? units : a.ws_ctas;
         auto kernel = a.umask ? kbm_union_skip_ws_kernel<T, D> : kbm_union_ws_kernel<T, D>;
         MOBA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        kernel<<<(unsigned)ctas, KBM_WS_THREADS, smem, (cudaStream_t)c->p->cuda_stream>>>(a);
+        kernel<<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a);
         MOBA_CUDA_LAUNCHED();
     }
     /* zero once: a pass leaves the counts at 0 (the scan resets them, the scatter's cursors are off) */
-    MOBA_CUDA_TRY(cudaMemsetAsync(a.cnt, 0, sizeof(int32_t) * (size_t)a.ng, (cudaStream_t)c->p->cuda_stream));
-    for (int64_t q = 0; q < plan->knpasses; q++) {
+    moba_status st = MOBA_OK;
+    const cudaError_t me = cudaMemsetAsync(a.cnt, 0, sizeof(int32_t) * (size_t)a.ng, pass_stream);
+    if (me != cudaSuccess)
+        st = moba_fail(MOBA_ERR_CUDA, "%s:%d: cudaMemsetAsync (pass counts): %s", __FILE__, __LINE__,
+                       cudaGetErrorString(me));
+    for (int64_t q = 0; q < plan->knpasses && st == MOBA_OK; q++) {
         a.pass = q;
         a.s0 = q * plan->kstep;
-        moba_status st = kbm_pass<T, D>(c, plan, a, tma, units);
-        if (st != MOBA_OK) return st;
+        st = kbm_pass<T, D>(plan, a, tma, units, pass_stream);
     }
-    return MOBA_OK;
+    if (forked) { /* joined even after a failed launch: the caller's stream must not run ahead of the side's */
+        const moba_status js = fork.join(stream);
+        if (st == MOBA_OK) st = js;
+    }
+    return st;
 }
 
 moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan, void *ws, const FwdArgs &f) {

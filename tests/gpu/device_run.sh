@@ -12,7 +12,8 @@
 #   the warp-specialised kernel (the default since v24); MOBA_CUDA_KBM_RATIO=6 (more and larger unions stay) in 1-unit passes;
 #   MOBA_CUDA_KBM_USKIP=1 = union tiles whose warpgroups skip the blocks none of their rows took (opt-in), also
 #   with RATIO=6 in 1-unit passes; MOBA_CUDA_ROUTE_ROWTHR=1 = routing's scan against the row's threshold
-#   (opt-in), also with the first chunk by insertions;
+#   (opt-in), also with the first chunk by insertions; MOBA_CUDA_KBM_FORK=1 = the passes on a second stream
+#   beside the union tiles (opt-in), also with RATIO=6 in 1-unit passes;
 #   MOBA_CUDA_KBM=1 = every routed tile key-block-major, that with MOBA_CUDA_KBM_PAIRS=1,
 #   and both with MOBA_CUDA_KBM_WS=1 = the warp-specialised key-block-major kernel (the default for B >= 128;
 #   K/V by TMA in 128-key stages where B >= 1024 is a multiple of 128), that with its variants:
@@ -50,6 +51,8 @@ DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_USKIP=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_USKIP=1 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_ROUTE_ROWTHR=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_ROUTE_ROWTHR=1 MOBA_CUDA_ROUTE_SORT=0"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_FORK=1"
+DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_FORK=1 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1"
@@ -67,6 +70,7 @@ DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_USKIP=1 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_ROUTE_ROWTHR=1"
+DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_FORK=1 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_TMA=0 MOBA_CUDA_KBM_PAIRS=1"
