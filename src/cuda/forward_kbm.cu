@@ -847,7 +847,7 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_union_ws_kernel(KbmArgs
     kbm_attend_ws<T, D, SM90_BN, false, true, 1, false, true>(a, NULL, NULL);
 }
 /* The same, each warpgroup skipping the union blocks none of its rows took (a.umask; opt-in,
- * MOBA_CUDA_KBM_USKIP=1, not yet run on a GPU: docs/cuda.md) */
+ * MOBA_CUDA_KBM_USKIP=1: measured slower than the plain union tiles, docs/cuda.md v25) */
 template <typename T, int D>
 __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_union_skip_ws_kernel(KbmArgs a) {
     kbm_attend_ws<T, D, SM90_BN, false, true, 1, false, true, true>(a, NULL, NULL);
@@ -1057,7 +1057,7 @@ size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off) 
     const int mu = kbm_min_union(c);
     const char *ue = getenv("MOBA_CUDA_KBM_UNION");
     plan->kunion = !(ue && *ue == '0') && mu >= 0 && mu <= KBM_UNION_MAX ? mu + 2 : 0;
-    /* MOBA_CUDA_KBM_USKIP=1 (opt-in, not yet run on a GPU): each union block also gets a mask of the
+    /* MOBA_CUDA_KBM_USKIP=1 (opt-in, measured slower: docs/cuda.md v25): each union block also gets a mask of the
      * tile's 64-row halves that took it, after the blocks, so that a warpgroup skips the blocks its rows
      * did not take (kbm_union_skip_ws_kernel) */
     const char *se = getenv("MOBA_CUDA_KBM_USKIP");
@@ -1117,7 +1117,7 @@ static bool kbm_tensor_map(CUtensorMap *m, const void *base, int64_t total, int 
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-/* A second stream for the passes (MOBA_CUDA_KBM_FORK=1): created per call and destroyed at once after the
+/* A second stream for the passes (the default since v27; MOBA_CUDA_KBM_FORK=0: none): created per call and destroyed at once after the
  * join is enqueued (CUDA frees a stream's and an event's resources when their work is done), so nothing
  * outlives the call. open() forks: the side stream waits for what the caller's stream has so far. */
 struct KbmFork {
@@ -1216,14 +1216,14 @@ static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmAr
     cudaStream_t stream = (cudaStream_t)c->p->cuda_stream;
     kbm_passes_kernel<<<1, KBM_SCAN_THREADS, 0, stream>>>(a, units, plan->kstep, plan->knpasses);
     MOBA_CUDA_LAUNCHED();
-    /* MOBA_CUDA_KBM_FORK=1 (opt-in, not yet run on a GPU): the passes on a second stream, forked here and
+    /* The passes on a second stream (the default since v27; MOBA_CUDA_KBM_FORK=0: on the caller's), forked here and
      * joined at the end, beside the union tiles (they share no rows; both read only what kbm_passes_kernel
      * wrote before the fork). The host launches the passes that handing off every unit would need, empty
      * ones included (Design, passes cut on the device): their launches, and with routing locality the
      * little work they have, then run under the union kernel and its tail instead of after it. */
     KbmFork fork;
     const char *fe = getenv("MOBA_CUDA_KBM_FORK");
-    const bool forked = a.ublk && fe && *fe == '1' && fork.open(stream);
+    const bool forked = a.ublk && !(fe && *fe == '0') && fork.open(stream);
     cudaStream_t pass_stream = forked ? fork.side : stream;
     if (a.ublk) { /* the units not handed off, as union tiles (before the passes: they share no rows) */
         const size_t smem = KbmWsLayout<D, SM90_BN, 1, KBM_WS_STAGES(1), false>::bytes;
