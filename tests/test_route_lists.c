@@ -9,9 +9,9 @@
  *    threshold, the lists merged at the end) must choose the same blocks as a brute-force top k1 (score
  *    order, ties to the lower block, NaN lowest) on random rows, rows of small integers (long runs of
  *    exact ties), tiny scores, rising scores and rows with NaN, +-inf and +-0. Both thresholds are
- *    modelled: the row's (MOBA_CUDA_ROUTE_ROWTHR=1) and the higher of the two halves' own (the default).
+ *    modelled: the row's (the default since v26) and the higher of the two halves' own (ROWTHR=0).
  * 3. What it is for: on random rows of the 64K target (k1 = 15, 256..511 history blocks) the row's
- *    threshold must let at most 80% of the default's insertions through (a model; ~69% expected).
+ *    threshold must let at most 80% of the halves' insertions through (a model; ~69% expected).
  */
 #include <math.h>
 #include <stdio.h>

@@ -1057,9 +1057,9 @@ size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off) 
     const int mu = kbm_min_union(c);
     const char *ue = getenv("MOBA_CUDA_KBM_UNION");
     plan->kunion = !(ue && *ue == '0') && mu >= 0 && mu <= KBM_UNION_MAX ? mu + 2 : 0;
-    /* MOBA_CUDA_KBM_USKIP=1 (opt-in, measured slower: docs/cuda.md v25): each union block also gets a mask of the
-     * tile's 64-row halves that took it, after the blocks, so that a warpgroup skips the blocks its rows
-     * did not take (kbm_union_skip_ws_kernel) */
+    /* MOBA_CUDA_KBM_USKIP=1 (opt-in, measured slower: docs/cuda.md v25): each union block also gets a mask
+     * of the tile's 64-row halves that took it, after the blocks, so that a warpgroup skips the blocks its
+     * rows did not take (kbm_union_skip_ws_kernel) */
     const char *se = getenv("MOBA_CUDA_KBM_USKIP");
     plan->kumask = plan->kunion && se && *se == '1' ? mu + 2 : 0;
     if (plan->kumask) plan->kunion += mu;
@@ -1117,9 +1117,10 @@ static bool kbm_tensor_map(CUtensorMap *m, const void *base, int64_t total, int 
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-/* A second stream for the passes (the default since v27; MOBA_CUDA_KBM_FORK=0: none): created per call and destroyed at once after the
- * join is enqueued (CUDA frees a stream's and an event's resources when their work is done), so nothing
- * outlives the call. open() forks: the side stream waits for what the caller's stream has so far. */
+/* A second stream for the passes (the default since v27; MOBA_CUDA_KBM_FORK=0: none): created per call
+ * and destroyed at once after the join is enqueued (CUDA frees a stream's and an event's resources when
+ * their work is done), so nothing outlives the call. open() forks: the side stream waits for what the
+ * caller's stream has so far. */
 struct KbmFork {
     cudaStream_t side = NULL;
     cudaEvent_t ev = NULL;
@@ -1216,11 +1217,11 @@ static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmAr
     cudaStream_t stream = (cudaStream_t)c->p->cuda_stream;
     kbm_passes_kernel<<<1, KBM_SCAN_THREADS, 0, stream>>>(a, units, plan->kstep, plan->knpasses);
     MOBA_CUDA_LAUNCHED();
-    /* The passes on a second stream (the default since v27; MOBA_CUDA_KBM_FORK=0: on the caller's), forked here and
-     * joined at the end, beside the union tiles (they share no rows; both read only what kbm_passes_kernel
-     * wrote before the fork). The host launches the passes that handing off every unit would need, empty
-     * ones included (Design, passes cut on the device): their launches, and with routing locality the
-     * little work they have, then run under the union kernel and its tail instead of after it. */
+    /* The passes on a second stream (the default since v27; MOBA_CUDA_KBM_FORK=0: on the caller's), forked
+     * here and joined at the end, beside the union tiles (they share no rows; both read only what
+     * kbm_passes_kernel wrote before the fork). The host launches the passes that handing off every unit
+     * would need, empty ones included (Design, passes cut on the device): their launches, and with routing
+     * locality the little work they have, then run under the union kernel and its tail instead of after it. */
     KbmFork fork;
     const char *fe = getenv("MOBA_CUDA_KBM_FORK");
     const bool forked = a.ublk && !(fe && *fe == '0') && fork.open(stream);

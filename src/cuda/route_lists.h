@@ -1,6 +1,6 @@
 /*
- * Routing's row threshold (route.cu, MOBA_CUDA_ROUTE_ROWTHR=1), in plain C so that a CPU test
- * (tests/test_route_lists.c) checks it.
+ * Routing's row threshold (route.cu; the default since v26, MOBA_CUDA_ROUTE_ROWTHR=0 turns it off), in
+ * plain C so that a CPU test (tests/test_route_lists.c) checks it.
  *
  * A row's scores are scanned by two threads, one per half of each 64-centroid chunk; each keeps its best
  * k1 = top_k - 1 as a list of scan keys (ints ordered like the scores), descending in slots p..KR-1 of a
