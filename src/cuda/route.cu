@@ -20,9 +20,11 @@
 #include <limits.h>
 
 #include "cuda.h"
+#include "route_first.h"
 #include "route_lists.h"
 
 #define ROUTE_CHUNK 64                      /* centroids scored per step           */
+static_assert(ROUTE_CHUNK / 2 == ROUTE_FIRST_N, "route_first.h sorts one half-chunk");
 #define ROUTE_SMEM_LIST_MAX (96 * 1024)     /* candidate lists above this: global  */
 
 /* One thread per (centroid slot, dim) column; blocks of `d` threads, one CTA per (slot, kv head). */
@@ -158,7 +160,7 @@ template <typename T, int D, bool RT> struct RouteSmem {
  * halves' own (the default since v26: route kernel 7-9% faster at 64K; MOBA_CUDA_ROUTE_ROWTHR=0 is the
  * halves' own). KMAX == 0: one thread per row, lists
  * in shared or global memory (any top_k). */
-template <typename T, int D, int KMAX, bool RT>
+template <typename T, int D, int KMAX, bool RT, bool F32 = false>
 __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
     const moba_tile tile = a.dl.tiles[blockIdx.x];
@@ -269,29 +271,32 @@ __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
                             : fmaxf(thr_f, sThr[((ci - 1) & 1) * 128 + (1 - half) * MOBA_TILE_ROWS + row]);
                 uint32_t cand = 0;
                 if (KR == 16 && ci == 0 && a.sort_first) {
-                    /* The first chunk passes every score (the list is empty): about 26 of 32 would be
-                     * inserted, at 16 slots each. Instead sort the 32 as 64-bit keys (scan key high,
-                     * ~block low: equal scores rank the lower block first, an empty place lowest), keep
-                     * the best 16 and shift them down p = KR - k1 slots, INT_MAX padding coming in at
-                     * the top (a 4-step barrel shift: p is known at run time only). */
-                    constexpr int N = ROUTE_CHUNK / 2;
-                    long long v[N];
+                    /* F32: the same list by 32-bit keys where their order is exact (route_first.h) */
+                    if (!(F32 && route_first32(mine, nmine, c0 + half * (ROUTE_CHUNK / 2), k1, sok, sbl))) {
+                        /* The first chunk passes every score (the list is empty): about 26 of 32 would be
+                         * inserted, at 16 slots each. Instead sort the 32 as 64-bit keys (scan key high,
+                         * ~block low: equal scores rank the lower block first, an empty place lowest), keep
+                         * the best 16 and shift them down p = KR - k1 slots, INT_MAX padding coming in at
+                         * the top (a 4-step barrel shift: p is known at run time only). */
+                        constexpr int N = ROUTE_CHUNK / 2;
+                        long long v[N];
 #pragma unroll
-                    for (int i = 0; i < N; i++)
-                        v[i] = i < nmine ? cand_key(scan_key(mine[i]), c0 + half * N + i) : LLONG_MIN;
-                    sort_net<true>(v);
-                    const int p = KR - k1;
+                        for (int i = 0; i < N; i++)
+                            v[i] = i < nmine ? cand_key(scan_key(mine[i]), c0 + half * N + i) : LLONG_MIN;
+                        sort_net<true>(v);
+                        const int p = KR - k1;
 #pragma unroll
-                    for (int b = 0; b < 4; b++) {
-                        const int sh = 1 << b;
-                        if (p & sh)
+                        for (int b = 0; b < 4; b++) {
+                            const int sh = 1 << b;
+                            if (p & sh)
 #pragma unroll
-                            for (int i = KR - 1; i >= 0; i--) v[i] = i >= sh ? v[i - sh] : LLONG_MAX;
-                    }
+                                for (int i = KR - 1; i >= 0; i--) v[i] = i >= sh ? v[i - sh] : LLONG_MAX;
+                        }
 #pragma unroll
-                    for (int i = 0; i < KR; i++) {
-                        sok[i] = (int)(v[i] >> 32); /* cand_key's halves, back to the scan list's form */
-                        sbl[i] = cand_block(v[i]);
+                        for (int i = 0; i < KR; i++) {
+                            sok[i] = (int)(v[i] >> 32); /* cand_key's halves, back to the scan list's form */
+                            sbl[i] = cand_block(v[i]);
+                        }
                     }
                 } else {
 #pragma unroll
@@ -377,12 +382,12 @@ __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
 
 int moba_cuda_topk_list_fits_smem(int k1) { return (size_t)MOBA_TILE_ROWS * k1 * sizeof(int2) <= ROUTE_SMEM_LIST_MAX; }
 
-template <typename T, int D, int KMAX, bool RT>
+template <typename T, int D, int KMAX, bool RT, bool F32 = false>
 static moba_status launch_route_k(const RouteArgs &a, dim3 grid, size_t smem, cudaStream_t stream) {
     smem += RouteSmem<T, D, RT>::bytes;
-    MOBA_CUDA_TRY(cudaFuncSetAttribute(route_kernel<T, D, KMAX, RT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       (int)smem));
-    route_kernel<T, D, KMAX, RT><<<grid, 128, smem, stream>>>(a);
+    MOBA_CUDA_TRY(cudaFuncSetAttribute(route_kernel<T, D, KMAX, RT, F32>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    route_kernel<T, D, KMAX, RT, F32><<<grid, 128, smem, stream>>>(a);
     MOBA_CUDA_LAUNCHED();
     return MOBA_OK;
 }
@@ -419,13 +424,18 @@ static moba_status launch_route(const moba_call *c, const moba_cuda_plan *plan, 
     a.sort_first = !(e && e[0] == '0');
     e = getenv("MOBA_CUDA_ROUTE_ROWTHR");
     const bool row_thr = !(e && e[0] == '0');
+    /* MOBA_CUDA_ROUTE_FIRST32=1 (opt-in, not yet run on a GPU): the first chunk's sort by 32-bit keys where
+     * their order is exact (route_first.h); with the row threshold only */
+    e = getenv("MOBA_CUDA_ROUTE_FIRST32");
+    const bool first32 = e && e[0] == '1' && row_thr && a.sort_first;
     dim3 grid((unsigned)plan->num_tiles, p->num_q_heads);
     if (a.k1 <= 4)
         return row_thr ? launch_route_k<T, D, 4, true>(a, grid, 0, stream)
                        : launch_route_k<T, D, 4, false>(a, grid, 0, stream);
     if (a.k1 <= 16)
-        return row_thr ? launch_route_k<T, D, 16, true>(a, grid, 0, stream)
-                       : launch_route_k<T, D, 16, false>(a, grid, 0, stream);
+        return first32   ? launch_route_k<T, D, 16, true, true>(a, grid, 0, stream)
+               : row_thr ? launch_route_k<T, D, 16, true>(a, grid, 0, stream)
+                         : launch_route_k<T, D, 16, false>(a, grid, 0, stream);
     size_t lists = a.glists ? 0 : (size_t)MOBA_TILE_ROWS * a.k1 * sizeof(int2);
     return launch_route_k<T, D, 0, false>(a, grid, lists, stream);
 }
