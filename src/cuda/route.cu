@@ -424,10 +424,10 @@ static moba_status launch_route(const moba_call *c, const moba_cuda_plan *plan, 
     a.sort_first = !(e && e[0] == '0');
     e = getenv("MOBA_CUDA_ROUTE_ROWTHR");
     const bool row_thr = !(e && e[0] == '0');
-    /* MOBA_CUDA_ROUTE_FIRST32=1 (opt-in, not yet run on a GPU): the first chunk's sort by 32-bit keys where
-     * their order is exact (route_first.h); with the row threshold only */
+    /* the first chunk's sort by 32-bit keys where their order is exact (route_first.h; the default since
+     * v28, with the row threshold only; MOBA_CUDA_ROUTE_FIRST32=0: 64-bit keys throughout) */
     e = getenv("MOBA_CUDA_ROUTE_FIRST32");
-    const bool first32 = e && e[0] == '1' && row_thr && a.sort_first;
+    const bool first32 = !(e && e[0] == '0') && row_thr && a.sort_first;
     dim3 grid((unsigned)plan->num_tiles, p->num_q_heads);
     if (a.k1 <= 4)
         return row_thr ? launch_route_k<T, D, 4, true>(a, grid, 0, stream)

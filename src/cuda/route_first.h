@@ -1,6 +1,7 @@
 /*
- * Routing's first chunk by 32-bit keys (route.cu, 16-slot lists; opt-in MOBA_CUDA_ROUTE_FIRST32=1), in
- * plain C so that a CPU test (tests/test_route_first.c) checks it against the 64-bit sort it shortcuts.
+ * Routing's first chunk by 32-bit keys (route.cu, 16-slot lists; the default since v28,
+ * MOBA_CUDA_ROUTE_FIRST32=0 turns it off), in plain C so that a CPU test (tests/test_route_first.c)
+ * checks it against the 64-bit sort it shortcuts.
  *
  * A half-row thread's first chunk passes every score (its list is empty), so the kernel sorts its 32
  * scores and keeps the best 16. As 64-bit keys (scan key high, ~block low) that is 240 compare-exchanges
