@@ -157,9 +157,9 @@ template <typename T, int D, bool RT> struct RouteSmem {
 
 /* KMAX > 0: lists of up to KMAX entries in registers, two threads per row (halves of each chunk),
  * merged at the end; RT: the scan's threshold is the row's (route_lists.h), not the higher of the two
- * halves' own (the default since v26: route kernel 7-9% faster at 64K; MOBA_CUDA_ROUTE_ROWTHR=0 is the
- * halves' own). KMAX == 0: one thread per row, lists
- * in shared or global memory (any top_k). */
+ * halves' own (the default since v26, 7-9% faster at 64K; MOBA_CUDA_ROUTE_ROWTHR=0: the halves' own);
+ * F32: the first chunk sorted by 32-bit keys where their order is exact (route_first.h; the default since
+ * v28). KMAX == 0: one thread per row, lists in shared or global memory (any top_k). */
 template <typename T, int D, int KMAX, bool RT, bool F32 = false>
 __global__ void __launch_bounds__(128, 4) route_kernel(RouteArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
