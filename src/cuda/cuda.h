@@ -67,7 +67,6 @@ typedef struct {
     int64_t kstep, knpasses;   /* pass q: the units whose first pair is in [q * kstep, + kstep)  */
     int64_t ktile_cap, kng;    /* tile list entries; groups = Hkv * total_full_blocks             */
     int kunion;                /* union tiles possible: the ints per unit of kublk (0: none)      */
-    int kumask;                /* with kunion, MOBA_CUDA_KBM_USKIP=1: where a unit's half masks start */
     size_t kublk, kqlist, knuq;
 } moba_cuda_plan;
 

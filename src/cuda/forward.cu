@@ -239,7 +239,6 @@ static moba_status forward_with_layout(const moba_call *c, const moba_cuda_plan 
             if (a.kbm_pre && plan->kunion) {
                 a.kbm_ulist = (int32_t *)((char *)ws + plan->kublk);
                 a.kbm_ustride = plan->kunion;
-                a.kbm_umask = plan->kumask;
             }
             if (!a.lse) a.lse = (float *)((char *)ws + plan->klse); /* the merge needs the own block's lse */
         }

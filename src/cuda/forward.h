@@ -35,8 +35,6 @@ struct FwdArgs {
      * query-tile-major kernel does those tiles. */
     int32_t *kbm_ulist;
     int kbm_ustride;
-    int kbm_umask; /* > 0: kbm_ulist[unit * kbm_ustride + kbm_umask + i] = the halves (bit 0: rows 0-63,
-                    * bit 1: rows 64-127) that took the unit's union block i (MOBA_CUDA_KBM_USKIP=1) */
 };
 
 /* Hopper path (forward_sm90.cu): does it apply to this call (sm_90, B % 64 == 0, not switched off), and

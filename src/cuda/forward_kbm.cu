@@ -63,7 +63,6 @@ struct KbmArgs {
     int64_t *qlist;
     int32_t *nuq;
     int ustride;
-    int umask;                  /* > 0: the union blocks' half masks at ublk[unit * ustride + umask] */
     int2 *plist;                /* {t * Hq + h, partial slot} grouped */
     float *part_lse;            /* [kcap] */
     void *part_o;               /* [kcap][D] storage dtype */
@@ -435,7 +434,7 @@ __device__ __forceinline__ void kbm_load_q_lean(char *sq, int n, int tid, const 
 
 /* The kernel body; TMA (only with QR, NQ = 1, no PP): K/V by TMA, see the producer below. tmk / tmv: the
  * tensor maps of K and V (TMA only), [total rows][Hkv * D] boxes of {64 columns, BN rows}, 128-byte swizzle. */
-template <typename T, int D, int BN, bool PP, bool QR, int NQ, bool TMA, bool UN = false, bool SK = false>
+template <typename T, int D, int BN, bool PP, bool QR, int NQ, bool TMA, bool UN = false>
 __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMap *tmk, const CUtensorMap *tmv) {
 #ifdef MOBA_WGMMA
     /* LAG: the producer signals an item once the copies of the next one are issued. Not 2: with a
@@ -449,7 +448,6 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
     static_assert(!TMA || (QR && NQ == 1 && !PP), "the TMA variant: Q in registers, one Q buffer, no ping-pong");
     static_assert(TMA || BN == SM90_BN, "128-key stages only with TMA");
     static_assert(!UN || (!TMA && QR && NQ == 1 && !PP), "union tiles: the default cp.async configuration");
-    static_assert(!SK || UN, "skipping: union tiles only");
     constexpr int ROWS = 64, NS = TMA ? kbm_tma_stages<D, BN>() : KBM_WS_STAGES(NQ), LAG = 1;
     using L = KbmWsLayout<D, BN, NQ, NS, TMA>;
     constexpr int Q_BYTES = L::Q_BYTES, KV_BYTES = L::KV_BYTES;
@@ -652,7 +650,6 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
         const int32_t *tsel[2] = {NULL, NULL};
         int spos[2] = {0, 0}, snxt[2] = {INT_MAX, INT_MAX}, bnext = -1;
         bool tk[2] = {false, false};
-        int mnext = 0, mcur = 0; /* SK: the half masks of the next and the current union block */
         if (UN) {
 #pragma unroll
             for (int rr = 0; rr < 2; rr++) {
@@ -660,7 +657,6 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
                 snxt[rr] = row0 + 8 * rr < tile.w ? __ldg(tsel[rr]) : INT_MAX;
             }
             bnext = nu > 0 ? ub[2] : -1;
-            if (SK) mnext = nu > 0 ? ub[a.umask] : 0;
         }
         const int nch = chunks_of(tile, nu);
         /* own-block tile: this lane's rows sit at block positions qpos, qpos + 8; the warpgroup's first
@@ -668,62 +664,27 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
          * A warpgroup with no rows in the tile (64 or fewer) skips every chunk. */
         const int wpos = tile.z - tile.y + cw * ROWS, qpos = tile.z - tile.y + row0;
         const int last = cw * ROWS >= tile.w ? -1 : !own ? nch - 1 : min(nch - 1, hch + (wpos + ROWS - 1) / BN);
-        /* at chunk k, the first of a union block: who takes it, and the loads for the next one */
-        auto block_start = [&](int k) {
-            const int b = bnext, bi = k / cpb;
-#pragma unroll
-            for (int rr = 0; rr < 2; rr++) {
-                tk[rr] = snxt[rr] == b;
-                if (tk[rr]) snxt[rr] = __ldg(tsel[rr] + ++spos[rr]);
-            }
-            bnext = bi + 1 < nu ? ub[3 + bi] : -1;
-        };
         /* item k's row masks (take), causal mask (diag) and first key column in its block (kcol) */
         auto item = [&](int k, bool &t0, bool &t1, bool &dg, int &kcol) {
             if (UN && k < hch) {
-                if (!SK && k % cpb == 0) block_start(k); /* SK: skip_of did it */
+                if (k % cpb == 0) { /* a new union block: who takes it, and the loads for the next one */
+                    const int b = bnext, bi = k / cpb;
+#pragma unroll
+                    for (int rr = 0; rr < 2; rr++) {
+                        tk[rr] = snxt[rr] == b;
+                        if (tk[rr]) snxt[rr] = __ldg(tsel[rr] + ++spos[rr]);
+                    }
+                    bnext = bi + 1 < nu ? ub[3 + bi] : -1;
+                }
                 t0 = tk[0], t1 = tk[1], dg = false, kcol = 0;
             } else {
                 kcol = (k - hch) * BN;
                 t0 = t1 = true, dg = own && kcol + BN - 1 > wpos;
             }
         };
-        /* SK: called once for every chunk k <= last, in order, before the chunk is waited for: at a new
-         * union block its update, and whether this warpgroup's rows took the block (mcur bit cw); true:
-         * the warpgroup skips chunk k */
-        auto skip_of = [&](int k) {
-            if (!SK || k >= hch) return false;
-            if (k % cpb == 0) {
-                block_start(k);
-                mcur = mnext;
-                mnext = k / cpb + 1 < nu ? ub[a.umask + k / cpb + 1] : 0;
-            }
-            return !(mcur >> cw & 1);
-        };
         const uint64_t q_desc = desc_add(q_desc0, (n % NQ) * Q16);
-        /* the P V of stage st with nothing after it (a tile's last, or with SK the last before a skip):
-         * issued, waited for, the stage released */
-        auto pv_alone = [&](int st) {
-            rescale_acc(acc, alpha);
-            turn_begin();
-            sm90_issue_pv_desc<T, D, BN>(desc_add(v_desc0, st * KV16), acc, pa);
-            turn_end();
-            wg_wait<0>();
-            fence_regs<D / 2>(&acc[0][0]);
-            mbar_arrive(&empty[st]);
-        };
-        /* SK: a chunk this warpgroup does not take, released once full (an arrival before then could
-         * count towards the stage's previous use) */
-        auto release = [&]() {
-            mbar_wait(&full[r.st], r.ph);
-            mbar_arrive(&empty[r.st]);
-            r.next();
-        };
         attn_state_init(m, l, acc);
         if (last >= 0) {
-            int k0 = 0; /* SK: the first chunk this warpgroup takes; those before it are released */
-            if (SK)
-                for (; skip_of(k0); k0++) release();
             mbar_wait(&full[r.st], r.ph);
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
             if (QR) {
@@ -744,41 +705,16 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
                 fence_regs<BN / 2>(&sc[0][0]);
                 bool t0, t1, dg;
                 int kcol;
-                item(k0, t0, t1, dg, kcol);
+                item(0, t0, t1, dg, kcol);
                 softmax_update(sc, m, l, alpha, t0, t1, dg, kcol + 2 * c, qpos, a.scale_log2);
                 pack_p<T>(sc, pa);
             }
             int prev = r.st; /* the stage whose P V is still to be issued */
-            bool pend = true; /* SK: whether there is one (a skip issues it first) */
             r.next();
-            for (int k = k0 + 1; k <= last; k++) {
-                if (SK && skip_of(k)) {
-                    /* Issue the pending P V and free its stage first: holding it while skipping, this
-                     * warpgroup would block the producer once it comes round to that stage again */
-                    if (pend) pv_alone(prev);
-                    pend = false;
-                    release();
-                    continue;
-                }
+            for (int k = 1; k <= last; k++) {
                 mbar_wait(&full[r.st], r.ph);
                 asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
                 float sc[BN / 8][4];
-                /* the first chunk after a skip: S alone, as at the tile's start (written out twice: as one
-                 * lambda for both, ptxas spilled 88-120 bytes in the default kernels at d = 128) */
-                if (SK && !pend) {
-                    issue_s(q_desc, desc_add(k_desc0, r.st * KV16), sc);
-                    wg_wait<0>();
-                    fence_regs<BN / 2>(&sc[0][0]);
-                    bool t0, t1, dg;
-                    int kcol;
-                    item(k, t0, t1, dg, kcol);
-                    softmax_update(sc, m, l, alpha, t0, t1, dg, kcol + 2 * c, qpos, a.scale_log2);
-                    pack_p<T>(sc, pa);
-                    pend = true;
-                    prev = r.st;
-                    r.next();
-                    continue;
-                }
                 rescale_acc(acc, alpha);
                 turn_begin();
                 issue_s(q_desc, desc_add(k_desc0, r.st * KV16), sc);
@@ -798,7 +734,13 @@ __device__ __forceinline__ void kbm_attend_ws(const KbmArgs &a, const CUtensorMa
                 r.next();
             }
             if (!QR) mbar_arrive(&qempty[n % NQ]); /* every S of the tile is done */
-            pv_alone(prev);
+            rescale_acc(acc, alpha);
+            turn_begin();
+            sm90_issue_pv_desc<T, D, BN>(desc_add(v_desc0, prev * KV16), acc, pa);
+            turn_end();
+            wg_wait<0>();
+            fence_regs<D / 2>(&acc[0][0]);
+            mbar_arrive(&empty[prev]);
         } else {
             turn_begin(); /* the turn of the last P V */
             turn_end();
@@ -845,12 +787,6 @@ __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_attend_ws_kernel(KbmArg
 template <typename T, int D>
 __global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_union_ws_kernel(KbmArgs a) {
     kbm_attend_ws<T, D, SM90_BN, false, true, 1, false, true>(a, NULL, NULL);
-}
-/* The same, each warpgroup skipping the union blocks none of its rows took (a.umask; opt-in,
- * MOBA_CUDA_KBM_USKIP=1: measured slower than the plain union tiles, docs/cuda.md v25) */
-template <typename T, int D>
-__global__ void __launch_bounds__(KBM_WS_THREADS, 1) kbm_union_skip_ws_kernel(KbmArgs a) {
-    kbm_attend_ws<T, D, SM90_BN, false, true, 1, false, true, true>(a, NULL, NULL);
 }
 /* The TMA variant (128-key stages: the default where it applies; 64-key stages: MOBA_CUDA_KBM_TMA=1): Q in
  * registers, one Q buffer, no ping-pong. The tensor maps are kernel parameters (__grid_constant__: TMA reads them in place). */
@@ -1057,12 +993,6 @@ size_t moba_cuda_kbm_plan(const moba_call *c, moba_cuda_plan *plan, size_t off) 
     const int mu = kbm_min_union(c);
     const char *ue = getenv("MOBA_CUDA_KBM_UNION");
     plan->kunion = !(ue && *ue == '0') && mu >= 0 && mu <= KBM_UNION_MAX ? mu + 2 : 0;
-    /* MOBA_CUDA_KBM_USKIP=1 (opt-in, measured slower: docs/cuda.md v25): each union block also gets a mask
-     * of the tile's 64-row halves that took it, after the blocks, so that a warpgroup skips the blocks its
-     * rows did not take (kbm_union_skip_ws_kernel) */
-    const char *se = getenv("MOBA_CUDA_KBM_USKIP");
-    plan->kumask = plan->kunion && se && *se == '1' ? mu + 2 : 0;
-    if (plan->kumask) plan->kunion += mu;
     if (plan->kunion) {
         const size_t units = (size_t)(p->num_q_heads * plan->num_ftiles);
         plan->kublk = off;
@@ -1229,9 +1159,9 @@ static moba_status kbm_run(const moba_call *c, const moba_cuda_plan *plan, KbmAr
     if (a.ublk) { /* the units not handed off, as union tiles (before the passes: they share no rows) */
         const size_t smem = KbmWsLayout<D, SM90_BN, 1, KBM_WS_STAGES(1), false>::bytes;
         const int64_t ctas = units < a.ws_ctas ? units : a.ws_ctas;
-        auto kernel = a.umask ? kbm_union_skip_ws_kernel<T, D> : kbm_union_ws_kernel<T, D>;
-        MOBA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        kernel<<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a);
+        MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_union_ws_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)smem));
+        kbm_union_ws_kernel<T, D><<<(unsigned)ctas, KBM_WS_THREADS, smem, stream>>>(a);
         MOBA_CUDA_LAUNCHED();
     }
     /* zero once: a pass leaves the counts at 0 (the scan resets them, the scatter's cursors are off) */
@@ -1296,7 +1226,6 @@ moba_status moba_cuda_forward_kbm(const moba_call *c, const moba_cuda_plan *plan
     if (f.kbm_ulist) {
         a.ublk = f.kbm_ulist;
         a.ustride = f.kbm_ustride;
-        a.umask = f.kbm_umask;
         a.qlist = (int64_t *)(w + plan->kqlist);
         a.nuq = (int32_t *)(w + plan->knuq);
     }

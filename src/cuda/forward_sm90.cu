@@ -161,32 +161,14 @@ __global__ void __launch_bounds__(128) kbm_decide_kernel(FwdArgs a) {
     const moba_tile tile = a.dl.ftiles[blockIdx.x];
     build_union(a, tile, (int)blockIdx.y, decide_bitmap, (int)threadIdx.x, 128);
     const bool off = kbm_decide(a, tile, blockIdx.x, (int)blockIdx.y, decide_bitmap, (int)threadIdx.x, 128);
-    const int j = tile.block, words = j / 32 + 1;
-    /* with kbm_umask: the blocks each 64-row half of the tile took (after the union bitmap) */
-    uint32_t *half_bitmap = decide_bitmap + words;
-    if (a.kbm_ulist && a.kbm_umask && !off) {
-        const int rows = (int)(tile.row_end - tile.row_begin);
-        for (int w = threadIdx.x; w < 2 * words; w += 128) half_bitmap[w] = 0;
-        __syncthreads();
-        const int32_t *tsel = a.sel + ((int64_t)blockIdx.y * a.total + tile.row_begin) * a.stride;
-        for (int i = threadIdx.x; i < rows * a.stride; i += 128) {
-            const int e = __ldg(tsel + i);
-            if (e >= 0 && e < j) atomicOr(&half_bitmap[(i / a.stride >= 64) * words + (e >> 5)], 1u << (e & 31));
-        }
-        __syncthreads();
-    }
     if (a.kbm_ulist && !off && threadIdx.x == 0) { /* a union tile's list: n <= kbm_min_union history blocks */
         int32_t *out = a.kbm_ulist + ((int64_t)blockIdx.y * a.dl.num_ftiles + blockIdx.x) * a.kbm_ustride;
+        const int j = tile.block;
         int n = 0;
         for (int w = 0; w <= j / 32; w++)
             for (uint32_t bits = decide_bitmap[w]; bits; bits &= bits - 1) {
                 const int b = w * 32 + __ffs(bits) - 1;
-                if (b < j) {
-                    if (a.kbm_umask)
-                        out[a.kbm_umask + n] = (int)(half_bitmap[w] >> (b & 31) & 1u) |
-                                               (int)(half_bitmap[words + w] >> (b & 31) & 1u) << 1;
-                    out[2 + n++] = b;
-                }
+                if (b < j) out[2 + n++] = b;
             }
         out[0] = n;
         out[1] = j;
@@ -194,8 +176,7 @@ __global__ void __launch_bounds__(128) kbm_decide_kernel(FwdArgs a) {
 }
 
 static moba_status launch_kbm_decide(const moba_call *c, const FwdArgs &a) {
-    /* the union bitmap, and with kbm_umask those of the two halves */
-    const size_t smem = (size_t)(c->L.max_blocks / 32 + 1) * sizeof(uint32_t) * (a.kbm_umask ? 3 : 1);
+    const size_t smem = (size_t)(c->L.max_blocks / 32 + 1) * sizeof(uint32_t);
     MOBA_CUDA_TRY(cudaFuncSetAttribute(kbm_decide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid((unsigned)a.dl.num_ftiles, c->p->num_q_heads);
     kbm_decide_kernel<<<grid, 128, smem, (cudaStream_t)c->p->cuda_stream>>>(a);

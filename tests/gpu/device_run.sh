@@ -10,8 +10,7 @@
 #   MOBA_CUDA_KBM_DECIDE=0 = the hand-off decided inside the query-tile-major kernel, not ahead of it;
 #   MOBA_CUDA_KBM_UNION=0 = the tiles not handed off done by the query-tile-major kernel, not as union tiles of
 #   the warp-specialised kernel (the default since v24); MOBA_CUDA_KBM_RATIO=6 (more and larger unions stay) in 1-unit passes;
-#   MOBA_CUDA_KBM_USKIP=1 = union tiles whose warpgroups skip the blocks none of their rows took (opt-in,
-#   slower), also with RATIO=6 in 1-unit passes; MOBA_CUDA_ROUTE_ROWTHR=0 = routing's scan against each
+#   MOBA_CUDA_ROUTE_ROWTHR=0 = routing's scan against each
 #   half-row's threshold, not the row's (the default since v26), also with the first chunk by insertions;
 #   MOBA_CUDA_KBM_FORK=0 = the passes on the caller's stream, not a second one beside the union tiles (the
 #   default since v27), also with RATIO=6 in 1-unit passes; MOBA_CUDA_ROUTE_FIRST32=0 = routing's first chunk
@@ -49,8 +48,6 @@ DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_DECIDE=0"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_UNION=0"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
-DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_USKIP=1"
-DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_USKIP=1 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_ROUTE_ROWTHR=0"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_ROUTE_ROWTHR=0 MOBA_CUDA_ROUTE_SORT=0"
 DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM_FORK=0"
@@ -71,7 +68,6 @@ DEFAULT_TEST_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_PP=1"
 DEFAULT_SAN_MODES="MOBA_CUDA_DEFAULT=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
-DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_USKIP=1 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_ROUTE_ROWTHR=0"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_ROUTE_FIRST32=0"
 DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM_FORK=0 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
@@ -86,7 +82,6 @@ DEFAULT_SAN_MODES+=";MOBA_CUDA_KBM=1 MOBA_CUDA_KBM_WS=1 MOBA_CUDA_KBM_QREG=0 MOB
 # looks at shared memory within a CTA, which the pass size does not change (RACE_MODES replaces these)
 DEFAULT_RACE_MODES="MOBA_CUDA_DEFAULT=1"
 DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM_RATIO=6"
-DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM_USKIP=1 MOBA_CUDA_KBM_RATIO=6"
 DEFAULT_RACE_MODES+=";MOBA_CUDA_ROUTE_ROWTHR=0"
 DEFAULT_RACE_MODES+=";MOBA_CUDA_ROUTE_FIRST32=0"
 DEFAULT_RACE_MODES+=";MOBA_CUDA_KBM=1"

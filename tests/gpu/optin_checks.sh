@@ -1,8 +1,8 @@
 #!/bin/bash
 # One device call that checks switches beside the default (docs/cuda.md, The device checks of v25-v27; it
 # first ran at 424a422, 2026-12-07 21:45 UTC, when v26 and v27 were opt-ins; since a85e5be they are the
-# default and the script sets their old paths beside it): v25 MOBA_CUDA_KBM_USKIP=1 (opt-in), v26's
-# MOBA_CUDA_ROUTE_ROWTHR=0, v27's MOBA_CUDA_KBM_FORK=0. Most important first,
+# default and the script sets their old paths beside it; v25 was removed after it): v26's
+# MOBA_CUDA_ROUTE_ROWTHR=0, v27's MOBA_CUDA_KBM_FORK=0, v28's MOBA_CUDA_ROUTE_FIRST32=0. Most important first,
 # each phase under a timeout, logs and a summary in $OUT (at most 8 files come back from the device tool):
 #   1. test_cuda_forward + golden in the default and each switch's mode (routing: 0 rows may differ)
 #   2. ab.py: 32K and 64K, random / local / clustered, the default beside each switch (outputs must be equal)
@@ -20,21 +20,21 @@ mkdir -p "$OUT"
 cat "$REAL_OUT/gpu.txt"
 
 MODES="MOBA_CUDA_DEFAULT=1"
-MODES+=";MOBA_CUDA_KBM_USKIP=1;MOBA_CUDA_KBM_USKIP=1 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
 MODES+=";MOBA_CUDA_ROUTE_ROWTHR=0;MOBA_CUDA_ROUTE_ROWTHR=0 MOBA_CUDA_ROUTE_SORT=0"
 MODES+=";MOBA_CUDA_KBM_FORK=0;MOBA_CUDA_KBM_FORK=0 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
+MODES+=";MOBA_CUDA_ROUTE_FIRST32=0"
 TEST_MODES="$MODES" timeout 300 bash tests/gpu/device_run.sh test > "$REAL_OUT/test.txt" 2>&1
 echo "test rc=$?"
 grep -E "rc=|checks passed|FAILED|routing:|max o err" "$REAL_OUT/test.txt" | tail -50
 
-AB_CASES=0,1 AB_SETS="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_KBM_USKIP=1;MOBA_CUDA_ROUTE_ROWTHR=0;MOBA_CUDA_KBM_FORK=0" \
+AB_CASES=0,1 AB_SETS="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_ROUTE_ROWTHR=0;MOBA_CUDA_KBM_FORK=0;MOBA_CUDA_ROUTE_FIRST32=0" \
   AB_ARGS="--kind random,local,clustered --top 6" timeout 180 bash tests/gpu/device_run.sh ab > "$REAL_OUT/ab.txt" 2>&1
 echo "ab rc=$?"
 tail -90 "$REAL_OUT/ab.txt"
 
-SAN_MODES="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_KBM_USKIP=1 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
+SAN_MODES="MOBA_CUDA_DEFAULT=1"
 SAN_MODES+=";MOBA_CUDA_ROUTE_ROWTHR=0;MOBA_CUDA_KBM_FORK=0 MOBA_CUDA_KBM_RATIO=6 MOBA_CUDA_KBM_PAIRS=1"
-RACE_MODES="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_KBM_USKIP=1 MOBA_CUDA_KBM_RATIO=6;MOBA_CUDA_ROUTE_ROWTHR=0"
+RACE_MODES="MOBA_CUDA_DEFAULT=1;MOBA_CUDA_ROUTE_ROWTHR=0"
 SAN_MODES="$SAN_MODES" RACE_MODES="$RACE_MODES" timeout 240 bash tests/gpu/device_run.sh sanitize \
   > "$REAL_OUT/sanitize.txt" 2>&1
 echo "sanitize rc=$?"
