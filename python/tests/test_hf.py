@@ -355,11 +355,52 @@ def test_hf_cuda_bf16_full_topk_equals_sdpa():
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not moba.backend_available("cuda"),
                     reason="needs a GPU and libmoba's CUDA backend")
+def test_hf_cuda_decode_steps_equal_prefill():
+    # The attention function driven directly on the GPU in bf16 (head_dim 64, GQA 4/2, BLOCK 16, top_k 2: routing
+    # prunes), one decode step at a time from 40 to 130 tokens: each step's output against moba.attention
+    # (prefill) over the same q, k, v at that position. The inputs are identical, so both route alike (the decode
+    # path exactly like the CPU, the forward except on fp32 near-ties) and every row agrees within bf16 tolerance.
+    fn = moba.hf.register(BLOCK, 2)
+    module = torch.nn.Module()
+    module.is_causal = True
+    g = torch.Generator().manual_seed(15)
+    L_max = 130
+    q_all, k, v = (torch.randn(2, h, L_max, 64, generator=g).to("cuda", torch.bfloat16) for h in (4, 2, 2))
+    flat = lambda x: x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
+    worst = 0.0
+    for L in range(40, L_max + 1):
+        q = q_all[:, :, L - 1:L]
+        out, _ = fn(module, q, k[:, :, :L], v[:, :, :L], None, scaling=0.125)
+        if getattr(module, "_moba_decode_unsupported", set()) == {"cuda"}:
+            pytest.skip("this CUDA backend cannot decode (full-attention fallback)")
+        cu = torch.arange(0, 3 * L, L, dtype=torch.int32)
+        want = moba.attention(flat(q_all[:, :, :L]), flat(k[:, :, :L]), flat(v[:, :, :L]), cu, BLOCK, 2,
+                              softmax_scale=0.125).view(2, L, 4, 64)[:, L - 1:]
+        assert out.shape == (2, 1, 4, 64)
+        got, ref = out.float().cpu().numpy(), want.float().cpu().numpy()
+        for b in range(2):
+            for h in range(4):
+                e = rel_err(got[b, 0, h], ref[b, 0, h])
+                worst = max(worst, e)
+                assert e < 2e-2, (L, b, h, e)
+    assert module._moba_decode is not None and module._moba_decode.held == L_max
+    print("decode steps vs prefill (CUDA, bf16): worst row rel_err %.2e" % worst)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not moba.backend_available("cuda"),
+                    reason="needs a GPU and libmoba's CUDA backend")
 def test_hf_cuda_generate_decode():
     # Greedy generation on the GPU in bf16 (the CUDA backend's dtypes) with routing that prunes (BLOCK 16, top_k 2,
     # 100 tokens): the decode steps run through each module's CUDA KVCache (or, with a CUDA backend that cannot
-    # decode, fall back to full attention once per module), and every step's logits match one MoBA prefill over
-    # the final sequences at those positions, within bf16 tolerance (the two paths are different kernels).
+    # decode, fall back to full attention once per module), and the steps' logits match one MoBA prefill over
+    # the final sequences at those positions, within bf16 tolerance.
+    # The median step, not every step: the decode step and the prefill compute q and k by different bf16 GEMMs
+    # (one token against 100), and this random model's logits move far more than those roundings: on the CPU,
+    # q and k perturbed by 0.2% (bf16's rounding) in the prefill alone gave a whole-run error of 5.1e-2 and single
+    # step rows of up to 40% even with full attention (5.5e-2 and 65% with top_k 2, where near-tied blocks may
+    # also swap), while the median row stayed at 0.5-1.1e-2. On an H100 (2026-12-08) the whole-run error was
+    # 5.0e-2, which the earlier whole-run bound of 2e-2 failed. A broken cache moves every step. The exact
+    # comparison of the decode path with the prefill is the test above, on equal inputs.
     moba.hf.register(BLOCK, 2)
     model = tiny_llama(hidden_size=256).to("cuda", torch.bfloat16).eval()
     model.set_attn_implementation("moba")
@@ -372,8 +413,13 @@ def test_hf_cuda_generate_decode():
         with torch.no_grad():
             full = model(seqs).logits
         P = ids.shape[1]
-        err = rel_err(steps.float().cpu().numpy(), full[:, P - 1:P - 1 + 60].float().cpu().numpy())
-        assert err < 2e-2, err
+        got, ref = steps.float().cpu().numpy(), full[:, P - 1:P - 1 + 60].float().cpu().numpy()
+        assert np.isfinite(got).all()
+        errs = sorted(rel_err(got[b, i], ref[b, i]) for b in range(2) for i in range(60))
+        close = sum(e < 2e-2 for e in errs)
+        print("generate: %d of %d step rows within 2e-2, median %.2e, worst %.2e" % (close, len(errs),
+                                                                                  errs[len(errs) // 2], errs[-1]))
+        assert errs[len(errs) // 2] < 2e-2, errs
     else:
         assert all(fell_back)
 
