@@ -31,6 +31,9 @@
 #             cases also with the other kernels; BWD_NO_BREAKDOWN=1 skips these; BWD_TIMEOUT and
 #             BWD_SAN_TIMEOUT replace the 200 s limit of each test and sanitizer run)
 #   bwdbench  bench/gpu/bench_backward.py --quick (forward+backward vs SDPA)
+#   decode    test_cuda_decode (the CUDA KV-cache append / attend against the CPU backend, docs/decode.md) and
+#             its quick subset under memcheck
+#   pytest    python/tests -k "cuda or hf" against this build (torch CUDA autograd, KVCache, the HF model)
 #   variants  the benchmark's 'local' rows for each kernel variant (environment switches)
 #   bench     bench/gpu/bench_forward.py (the table of docs/cuda.md)
 #   ab, ab2   bench/gpu/ab.py: the switch sets AB_SETS (';'-separated) on the cases AB_CASES (default 2,3),
@@ -170,6 +173,16 @@ for phase in $phases; do
       env $env python3 bench/gpu/breakdown.py --lib build/libmoba.so --case $c --kind random --op backward \
         2>&1 | head -6 | grep -v -i warn | tee -a "$OUT/bwd_breakdown.log"
     done; done ;;
+  decode)
+    timeout 200 ./build/tests/gpu/test_cuda_decode > /tmp/t.log 2>&1; echo "test_cuda_decode rc=$?" | tee -a "$OUT/decode.log"
+    cat /tmp/t.log >> "$OUT/decode.log"; tail -3 /tmp/t.log
+    MOBA_GPU_TEST_QUICK=1 timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 ./build/tests/gpu/test_cuda_decode \
+      > /tmp/t.log 2>&1; echo "compute-sanitizer memcheck decode rc=$?" | tee -a "$OUT/decode.log"
+    cat /tmp/t.log >> "$OUT/decode.log"; grep -E "ERROR SUMMARY" /tmp/t.log | head -2 ;;
+  pytest)
+    MOBA_LIBRARY="$SRC/build/libmoba.so" MOBA_GOLDEN_DIR="$ROOT/.golden" MOBA_TEST_REPORT="$OUT/python_errors.txt" \
+      timeout 200 python3 -m pytest -q -rs -s python/tests -k "cuda or hf" > "$OUT/pytest.log" 2>&1
+    echo "pytest rc=$?"; grep -E "^generate:|^decode steps|passed|failed|FAILED" "$OUT/pytest.log" | tail -8 ;;
   bwdbench)  # bench/gpu/bench_backward.py --quick (the table of docs/cuda-backward.md)
     PYTHONUNBUFFERED=1 python3 bench/gpu/bench_backward.py --lib build/libmoba.so --quick ${BENCH_ARGS:-} \
       > "$OUT/bwdbench.log" 2> "$OUT/bwdbench.err"; echo "bwdbench rc=$?"; tail -5 "$OUT/bwdbench.err"
