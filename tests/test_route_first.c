@@ -15,19 +15,7 @@
 #include <string.h>
 
 #include "../src/cuda/route_first.h" /* internal to the CUDA backend, plain C */
-
-static int failures = 0;
-#define CHECK(cond, ...)                                                                                           \
-    do {                                                                                                           \
-        if (!(cond)) {                                                                                             \
-            failures++;                                                                                            \
-            if (failures < 10) {                                                                                   \
-                printf("FAILED %s:%d: ", __FILE__, __LINE__);                                                      \
-                printf(__VA_ARGS__);                                                                               \
-                printf("\n");                                                                                      \
-            }                                                                                                      \
-        }                                                                                                          \
-    } while (0)
+#include "check.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint32_t next_u32(void) {
@@ -157,10 +145,5 @@ int main(void) {
     CHECK((double)fast[RANDOM] / rows[RANDOM] >= 0.99, "fast path on %.4f of random rows, want >= 0.99",
           (double)fast[RANDOM] / rows[RANDOM]);
 
-    if (failures) {
-        printf("test_route_first: %d checks FAILED\n", failures);
-        return 1;
-    }
-    printf("test_route_first: all checks passed\n");
-    return 0;
+    return check_done("test_route_first");
 }
